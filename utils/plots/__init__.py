@@ -1,0 +1,1 @@
+"""Plots written into run folders, one module per area (data, metrics, training, evolution)."""
