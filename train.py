@@ -1,0 +1,165 @@
+"""Train a YOLOv5-style detector: ``python train.py --data coco128.yaml``; add ``--evolve [N]`` to evolve its hyp.
+
+With no arguments it trains the nano model on the built-in shapes dataset (generated on first use) at 256 px,
+a run sized to finish on a 2-core CPU in about 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from utils.device import distributed_env, select_device
+from utils.errors import UserError, run_cli
+from utils.evolution import add_evolve_arguments
+from utils.fitness import parse_fitness_weights
+from utils.hyp import DEFAULT_HYP, load_hyp
+from utils.run_dir import increment_path
+from utils.schedule import add_schedule_arguments, scheduler_params_from_options
+
+ROOT = Path(__file__).resolve().parent
+LOGGER = logging.getLogger("train")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="", help="initial weights .pt to transfer from ('' trains from scratch)")
+    parser.add_argument("--cfg", default="yolov5n.yaml", help="model yaml: yolov5n/s/m/l/x.yaml or a path")
+    parser.add_argument("--data", default="shapes.yaml", help="data yaml (default: the built-in shapes dataset)")
+    parser.add_argument("--hyp", default=str(DEFAULT_HYP), help="hyperparameter yaml")
+    parser.add_argument("--epochs", type=int, default=30, help="total training epochs")
+    parser.add_argument("--batch-size", "--batch", type=int, default=16, help="total batch size for all devices")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="train and val image size")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest or the given run")
+    parser.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    parser.add_argument("--noval", action="store_true", help="only validate the final epoch")
+    parser.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    parser.add_argument("--noplots", action="store_true", help="save no plot files")
+    parser.add_argument("--cache", nargs="?", const="ram", default=None, choices=("ram", "disk"), help="image cache")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    parser.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm under DDP")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers (per DDP rank)")
+    parser.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
+    parser.add_argument("--name", default="exp", help="save to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    parser.add_argument("--patience", type=int, default=100, help="stop after this many epochs without improvement")
+    parser.add_argument("--seed", type=int, default=0, help="global training seed")
+    parser.add_argument("--deterministic", action="store_true", help="ask torch for deterministic algorithms")
+    parser.add_argument("--fitness", default=None, help="fitness weights, e.g. 'mAP50-95=1' (default 0.1/0.9 mAP)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    add_schedule_arguments(parser)
+    add_evolve_arguments(parser)
+    return parser
+
+
+def build_train_options(
+    args: argparse.Namespace, device: torch.device, save_dir: Path | None, rank: int, world_size: int
+):
+    """Turn parsed CLI options into the trainer's explicit ``TrainOptions``."""
+    from utils.trainer import TrainOptions
+
+    if args.epochs < 1 or args.batch_size < 1 or args.imgsz < 32:
+        raise UserError("--epochs and --batch-size must be >= 1 and --img >= 32")
+    return TrainOptions(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        cfg=args.cfg,
+        weights=args.weights,
+        device=device,
+        workers=args.workers,
+        optimizer=args.optimizer,
+        scheduler=scheduler_params_from_options(args),
+        close_mosaic=args.close_mosaic,
+        lr_fit=args.lr_fit,
+        label_smoothing=args.label_smoothing,
+        patience=args.patience,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        autoanchor=not args.noautoanchor,
+        validate_every_epoch=not args.noval,
+        save_dir=save_dir,
+        save_weights=not args.nosave,
+        plots=not args.noplots,
+        fitness_weights=parse_fitness_weights(args.fitness) if args.fitness else None,
+        sync_bn=args.sync_bn,
+        rank=rank,
+        world_size=world_size,
+        resume=args.resume if isinstance(args.resume, str) else None,
+        record=recorded_options(args),
+    )
+
+
+def recorded_options(args: argparse.Namespace) -> dict:
+    """The options as plain yaml-safe values, for opt.yaml and checkpoints."""
+    return {
+        key: value if isinstance(value, int | float | str | bool | list | type(None)) else str(value)
+        for key, value in vars(args).items()
+    }
+
+
+def resume_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """The original run's options, from the checkpoint given (or the newest last.pt under runs/)."""
+    from utils.checkpoint import load_checkpoint
+
+    if isinstance(args.resume, str):
+        checkpoint_path = Path(args.resume)
+    else:
+        candidates = sorted((ROOT / "runs").glob("**/last.pt"), key=lambda path: path.stat().st_mtime)
+        if not candidates:
+            raise UserError("--resume: no runs/**/last.pt found to resume; pass the checkpoint path")
+        checkpoint_path = candidates[-1]
+    checkpoint = load_checkpoint(checkpoint_path)
+    if "training_model" not in checkpoint or not checkpoint.get("options"):
+        raise UserError(f"--resume: {checkpoint_path} holds no training state (was it saved by train.py?)")
+    if checkpoint["epoch"] + 1 >= checkpoint["options"]["epochs"]:
+        raise UserError(f"--resume: {checkpoint_path} already finished all {checkpoint['options']['epochs']} epochs")
+    restored = argparse.Namespace(**{**vars(args), **checkpoint["options"]})
+    restored.resume = str(checkpoint_path)
+    restored.save_dir = str(checkpoint_path.parent.parent)
+    restored.device = args.device or restored.device
+    return restored
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.evolve is not None:
+        from utils.evolution.training_objective import evolve_training
+
+        evolve_training(args)
+        return
+    if args.resume:
+        args = resume_arguments(args)
+    rank, local_rank, world_size = distributed_env()
+    device = select_device(args.device, local_rank)
+    if world_size > 1:
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    hyp = load_hyp(args.hyp)
+    save_dir = None
+    if rank in (-1, 0):
+        save_dir = Path(args.save_dir) if args.resume else increment_path(Path(args.project) / args.name, args.exist_ok)
+    from utils.prepared_data import prepare_data
+    from utils.trainer import train
+
+    if rank > 0:
+        torch.distributed.barrier()  # let rank 0 generate/scan and write the label cache first
+    data = prepare_data(args.data, args.imgsz, args.cache)
+    if rank == 0:
+        torch.distributed.barrier()
+    options = build_train_options(args, device, save_dir, rank, world_size)
+    metrics = train(hyp, options, data)
+    if rank in (-1, 0):
+        summary = ", ".join(
+            f"{key.split('/')[-1]} {value:.4g}" for key, value in metrics.items() if key.startswith("metrics/")
+        )
+        LOGGER.info(f"done: {summary}; results in {save_dir}")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda: main(get_args_parser().parse_args())))

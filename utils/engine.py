@@ -1,0 +1,98 @@
+"""One training epoch: forward, loss, accumulation, optimizer step, EMA, with warmup applied per iteration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from utils.ema import ModelEMA
+from utils.schedule import Scheduler, apply_iteration, iteration_settings
+
+LOSS_TERMS = ("box_loss", "obj_loss", "cls_loss")
+GRADIENT_CLIP_NORM = 10.0
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops rather than train on garbage."""
+
+
+@dataclass
+class StepContext:
+    """What one epoch needs besides the model and the data; built once per training run."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    loss_fn: Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    ema: ModelEMA | None
+    scaler: torch.amp.GradScaler
+    hyp: dict[str, float]
+    device: torch.device
+    batch_size: int  # the total batch across processes, as the nominal-batch rule counts it
+    warmup_iters: int
+    num_batches: int  # per epoch, per process
+    amp: bool = False
+    world_size: int = 1
+    last_optimizer_step: int = -1
+
+
+def epoch_progress(loader: Iterable, epoch: int, epochs: int, enabled: bool) -> Iterable:
+    """A tqdm bar over the loader with yolov5's columns, or the bare loader when disabled."""
+    if not enabled:
+        return loader
+    header = ("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size")
+    tqdm.write(header)
+    return tqdm(loader, bar_format="{l_bar}{bar:10}{r_bar}")
+
+
+def optimizer_step(model: nn.Module, context: StepContext) -> None:
+    """Unscale, clip, step, zero the gradients and update the EMA."""
+    context.scaler.unscale_(context.optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=GRADIENT_CLIP_NORM)
+    context.scaler.step(context.optimizer)
+    context.scaler.update()
+    context.optimizer.zero_grad(set_to_none=True)
+    if context.ema is not None:
+        context.ema.update(model)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    context: StepContext,
+    epoch: int,
+    epochs: int,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Train for one epoch and return the mean of each loss term by name (``train/box_loss``, ...)."""
+    model.train()
+    means = torch.zeros(len(LOSS_TERMS), device=context.device)
+    progress = epoch_progress(loader, epoch, epochs, show_progress)
+    for batch_index, (images, targets, _paths, _shapes) in enumerate(progress):
+        iteration = batch_index + context.num_batches * epoch
+        settings = iteration_settings(
+            iteration, epoch, context.warmup_iters, context.scheduler, context.hyp, context.batch_size
+        )
+        apply_iteration(context.optimizer, settings)
+        images = images.to(context.device, non_blocking=True).float() / 255
+        targets = targets.to(context.device)
+        with torch.autocast(device_type=context.device.type, enabled=context.amp):
+            loss, terms = context.loss_fn(model(images), targets)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, batch {batch_index}")
+        context.scaler.scale(loss * context.world_size).backward()
+        if iteration - context.last_optimizer_step >= settings.accumulate:
+            optimizer_step(model, context)
+            context.last_optimizer_step = iteration
+        step_terms = torch.stack([terms[name] for name in LOSS_TERMS])
+        means = (means * batch_index + step_terms) / (batch_index + 1)
+        if show_progress:
+            memory = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if torch.cuda.is_available() else "0G"
+            progress.set_description(
+                ("%11s" * 2 + "%11.4g" * 5)
+                % (f"{epoch}/{epochs - 1}", memory, *means.tolist(), targets.shape[0], images.shape[-1])
+            )
+    return {f"train/{name}": value for name, value in zip(LOSS_TERMS, means.tolist())}

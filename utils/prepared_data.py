@@ -1,0 +1,82 @@
+"""Data scanned and cached once per process, then shared by every training run in it (evolution children)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from utils.autoanchor import label_wh
+from utils.data_config import DataConfig, load_data_config
+from utils.dataset import YoloDataset, build_dataloader, prepare_split
+from utils.image_cache import ImageCache
+from utils.labels import LabeledSplit
+
+VALIDATION_PAD = 0.5  # half a stride of padding around rectangular validation batches, as yolov5 does
+
+
+@dataclass
+class PreparedData:
+    """A data config with its train and val splits scanned (and optionally image-cached) at one image size."""
+
+    config: DataConfig
+    img_size: int
+    train_split: LabeledSplit
+    val_split: LabeledSplit
+    train_cache: ImageCache | None = None
+    val_cache: ImageCache | None = None
+    anchor_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    _val_loaders: dict[tuple, DataLoader] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return self.config.names
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def label_sizes(self) -> np.ndarray:
+        """(m, 2) training-label widths and heights in pixels at ``img_size``, for AutoAnchor."""
+        return label_wh(self.train_split.shapes, self.train_split.labels, self.img_size)
+
+    def train_dataset(self, hyp: dict[str, float], batch_size: int, seed: int, augment: bool = True) -> YoloDataset:
+        """A fresh augmenting dataset over the scanned train split; cheap, so one per training run."""
+        return YoloDataset(
+            self.train_split,
+            self.img_size,
+            hyp,
+            augment=augment,
+            batch_size=batch_size,
+            seed=seed,
+            image_cache=self.train_cache,
+        )
+
+    def val_loader(self, batch_size: int, workers: int, stride: int = 32) -> DataLoader:
+        """The rectangular validation loader, built on first use and reused by later runs."""
+        key = (batch_size, workers, stride)
+        if key not in self._val_loaders:
+            dataset = YoloDataset(
+                self.val_split,
+                self.img_size,
+                {},
+                augment=False,
+                rect=True,
+                batch_size=batch_size,
+                stride=stride,
+                pad=VALIDATION_PAD,
+                image_cache=self.val_cache,
+            )
+            self._val_loaders[key] = build_dataloader(dataset, batch_size, workers, shuffle=False)
+        return self._val_loaders[key]
+
+
+def prepare_data(data: str | Path | DataConfig, img_size: int, cache_mode: str | None = None) -> PreparedData:
+    """Load the data yaml (generating or downloading the dataset if it asks to), scan train and val once."""
+    config = data if isinstance(data, DataConfig) else load_data_config(data)
+    train_split, train_cache = prepare_split(config, "train", img_size, cache_mode)
+    val_split, val_cache = prepare_split(config, "val", img_size, cache_mode)
+    return PreparedData(config, img_size, train_split, val_split, train_cache, val_cache)

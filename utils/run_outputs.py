@@ -1,0 +1,124 @@
+"""What a training run writes into its folder: hyp/opt yaml, results.csv, weights and plots."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+from torch import nn
+
+from utils.checkpoint import float_state_dict, save_checkpoint
+from utils.plots.data import plot_batch, plot_labels
+from utils.plots.results import plot_results
+from utils.plots.training import plot_lr
+from utils.schedule import learning_rate_curve
+
+if TYPE_CHECKING:
+    from utils.engine import StepContext
+    from utils.prepared_data import PreparedData
+    from utils.trainer import TrainOptions
+
+LOGGER = logging.getLogger(__name__)
+RESULT_COLUMNS = (
+    "epoch",
+    "train/box_loss",
+    "train/obj_loss",
+    "train/cls_loss",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP_0.5",
+    "metrics/mAP_0.5:0.95",
+    "val/box_loss",
+    "val/obj_loss",
+    "val/cls_loss",
+    "x/lr0",
+    "x/lr1",
+    "x/lr2",
+)
+
+
+def format_csv_row(values: list[float], width: int = 20) -> str:
+    """One yolov5-style csv line: each value ``%20.5g``, comma-separated."""
+    return ",".join(f"{value:{width}.5g}" for value in values)
+
+
+def format_csv_header(names: list[str] | tuple[str, ...], width: int = 20) -> str:
+    return ",".join(f"{name:>{width}}" for name in names)
+
+
+def training_state(model: nn.Module, context: StepContext) -> dict:
+    """The parts of a checkpoint that resume needs beyond the EMA weights."""
+    target = model.module if hasattr(model, "module") else model
+    return {
+        "training_model": float_state_dict(target),
+        "optimizer": context.optimizer.state_dict(),
+        "scheduler": context.scheduler.state_dict(),
+        "ema": float_state_dict(context.ema.ema),
+        "ema_updates": context.ema.updates,
+    }
+
+
+class RunOutputs:
+    """Writes a run's files; every method is a no-op when the run has no folder (evolution children)."""
+
+    def __init__(self, options: TrainOptions, hyp: dict[str, float], data: PreparedData, context: StepContext):
+        self.options, self.hyp, self.data, self.context = options, hyp, data, context
+        self.save_dir: Path | None = Path(options.save_dir) if options.save_dir is not None else None
+        self.weights_dir = self.save_dir / "weights" if self.save_dir is not None else None
+
+    def start(self, dataset, loader) -> None:
+        """hyp.yaml, opt.yaml, labels.jpg and train_batch0.jpg, before the first epoch."""
+        if self.save_dir is None:
+            return
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
+        (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(self.options.record, sort_keys=False))
+        if self.options.plots and not self.options.resume:
+            plot_labels(self.data.train_split, self.data.names, self.save_dir / "labels.jpg")
+            images, targets, paths, _ = next(iter(loader))
+            plot_batch(images, targets, paths, self.data.names, self.save_dir / "train_batch0.jpg")
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float], improved: bool, best_fitness: float, model) -> None:
+        """Append to results.csv and save last.pt, plus best.pt when fitness improved."""
+        if self.save_dir is None:
+            return
+        learning_rates = [group["lr"] for group in self.context.optimizer.param_groups]
+        row = {**metrics, "epoch": epoch, **{f"x/lr{i}": lr for i, lr in enumerate(learning_rates)}}
+        csv_path = self.save_dir / "results.csv"
+        lines = [] if csv_path.exists() else [format_csv_header(RESULT_COLUMNS)]
+        lines.append(format_csv_row([float(row.get(name, float("nan"))) for name in RESULT_COLUMNS]))
+        with csv_path.open("a") as handle:
+            handle.write("\n".join(lines) + "\n")
+        final_epoch = epoch + 1 == self.options.epochs
+        if self.options.save_weights or final_epoch:
+            self.save_weights(model, epoch, metrics, best_fitness, improved)
+
+    def save_weights(self, model: nn.Module, epoch: int, metrics: dict, best_fitness: float, improved: bool) -> None:
+        ema_model = self.context.ema.ema
+        checkpoint = {
+            "model_cfg": ema_model.yaml,
+            "num_classes": self.data.num_classes,
+            "names": self.data.names,
+            "model": float_state_dict(ema_model),
+            "epoch": epoch,
+            "best_fitness": best_fitness,
+            "hyp": self.hyp,
+            "options": self.options.record,
+            "metrics": metrics,
+            **training_state(model, self.context),
+        }
+        save_checkpoint(self.weights_dir / "last.pt", **checkpoint)
+        if improved:
+            save_checkpoint(self.weights_dir / "best.pt", **checkpoint)
+
+    def finish(self, model: nn.Module, context: StepContext) -> None:
+        """results.png and lr.png after the last epoch."""
+        if self.save_dir is None or not self.options.plots:
+            return
+        if (self.save_dir / "results.csv").exists():
+            plot_results(self.save_dir / "results.csv", self.save_dir / "results.png")
+        axis, curve = learning_rate_curve(context.scheduler, context.hyp, context.num_batches, context.warmup_iters)
+        plot_lr(axis, curve, self.save_dir / "lr.png")
+        LOGGER.info(f"results saved to {self.save_dir}")

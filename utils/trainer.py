@@ -1,0 +1,231 @@
+"""Training as a function: ``train(hyp, options, data) -> metrics`` builds a fresh model and fits it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.yolo import DetectionModel, build_model, model_summary
+from utils.autoanchor import check_anchors
+from utils.dataset import build_dataloader
+from utils.checkpoint import float_state_dict, load_checkpoint, transfer_weights
+from utils.ema import ModelEMA
+from utils.engine import StepContext, train_one_epoch
+from utils.fitness import fitness
+from utils.loss import YoloLoss, scale_loss_gains
+from utils.optim import build_optimizer, fit_learning_rate, nominal_accumulation, scaled_weight_decay
+from utils.prepared_data import PreparedData
+from utils.run_outputs import RunOutputs
+from utils.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations
+from utils.validator import validate
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """Everything about a training run that is not a hyperparameter; built from the CLI by ``train.py``."""
+
+    epochs: int = 30
+    batch_size: int = 16  # total over all processes
+    cfg: str = "yolov5n.yaml"
+    weights: str = ""  # a .pt to transfer matching tensors from
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 2
+    optimizer: str = "SGD"
+    scheduler: dict = field(default_factory=lambda: {"name": "linear"})  # build_scheduler keyword arguments
+    close_mosaic: int = 0
+    lr_fit: bool = False
+    label_smoothing: float = 0.0
+    patience: int = 100
+    seed: int = 0
+    deterministic: bool = False
+    autoanchor: bool = True
+    validate_every_epoch: bool = True  # --noval validates the final epoch only
+    save_dir: Path | None = None  # None writes nothing at all (evolution children)
+    save_weights: bool = True  # --nosave keeps only the final last.pt
+    plots: bool = True
+    fitness_weights: dict[str, float] | None = None
+    amp: bool = True  # only ever on for CUDA
+    sync_bn: bool = False
+    show_progress: bool = True
+    rank: int = -1  # torchrun's global rank; -1 outside DDP
+    world_size: int = 1
+    resume: str | None = None  # a last.pt to continue from
+    record: dict = field(default_factory=dict)  # the CLI options as given, saved to opt.yaml and checkpoints
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank in (-1, 0)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_detector(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> DetectionModel:
+    """A fresh model with transferred weights and anchors fitted to the labels (cached per anchor setting)."""
+    anchors_per_level = round(hyp["anchors"]) if hyp.get("anchors") else None
+    model = build_model(options.cfg, data.num_classes, anchors_per_level=anchors_per_level)
+    if options.weights:
+        checkpoint = load_checkpoint(options.weights)
+        loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=("anchors",))
+        LOGGER.info(f"transferred {loaded} tensors from {options.weights}, skipped {skipped}")
+    if options.autoanchor:
+        key = (str(options.cfg), anchors_per_level, hyp["anchor_t"], data.img_size, options.seed)
+        if key not in data.anchor_cache:
+            check_anchors(model, data.label_sizes(), hyp["anchor_t"], data.img_size, seed=options.seed)
+            data.anchor_cache[key] = model.detect.anchors.detach().clone()
+        with torch.no_grad():
+            model.detect.anchors.copy_(data.anchor_cache[key])
+    if options.is_main_process and options.show_progress:
+        LOGGER.info(model_summary(model, data.img_size))
+    return model.to(options.device)
+
+
+def build_step_context(
+    model: nn.Module, hyp: dict[str, float], options: TrainOptions, data: PreparedData, num_batches: int
+) -> StepContext:
+    """Optimizer, schedule, loss, EMA and scaler for one run, with the nominal-batch rules applied."""
+    accumulate = nominal_accumulation(options.batch_size)
+    lr0 = fit_learning_rate(hyp["lr0"], options.batch_size, options.optimizer) if options.lr_fit else hyp["lr0"]
+    run_hyp = {**hyp, "lr0": lr0}
+    weight_decay = scaled_weight_decay(hyp["weight_decay"], options.batch_size, accumulate)
+    optimizer = build_optimizer(model, options.optimizer, lr0, hyp["momentum"], weight_decay)
+    scheduler_params = {"warmup_epochs": hyp["warmup_epochs"], **options.scheduler}
+    scheduler_name = scheduler_params.pop("name")
+    scheduler = build_scheduler(scheduler_name, options.epochs, hyp["lrf"], **scheduler_params)
+    detect = model.module.detect if hasattr(model, "module") else model.detect
+    gains = scale_loss_gains(run_hyp, detect.num_layers, data.num_classes, data.img_size)
+    use_amp = options.amp and options.device.type == "cuda"
+    return StepContext(
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=YoloLoss(model, gains, label_smoothing=options.label_smoothing),
+        ema=ModelEMA(model) if options.is_main_process else None,
+        scaler=torch.amp.GradScaler(options.device.type, enabled=use_amp),
+        hyp=run_hyp,
+        device=options.device,
+        batch_size=options.batch_size,
+        warmup_iters=warmup_iterations(hyp["warmup_epochs"], num_batches),
+        num_batches=num_batches,
+        amp=use_amp,
+        world_size=options.world_size,
+    )
+
+
+def restore_state(model: nn.Module, context: StepContext, checkpoint: dict, num_batches: int) -> tuple[int, float]:
+    """Load a last.pt into the run; returns (first epoch to train, best fitness so far)."""
+    target = model.module if hasattr(model, "module") else model
+    target.load_state_dict(checkpoint["training_model"])
+    context.optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scheduler"):
+        context.scheduler.load_state_dict(checkpoint["scheduler"])
+    if context.ema is not None and checkpoint.get("ema"):
+        context.ema.load_state_dict(checkpoint["ema"], checkpoint["ema_updates"])
+    start_epoch = int(checkpoint["epoch"]) + 1
+    context.last_optimizer_step = start_epoch * num_batches - 1
+    return start_epoch, float(checkpoint.get("best_fitness", 0.0))
+
+
+def wrap_distributed(model: nn.Module, options: TrainOptions) -> nn.Module:
+    """DDP (and optional SyncBatchNorm) around the model when running under torchrun."""
+    if options.rank == -1:
+        return model
+    if options.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [options.device.index] if options.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_epoch_end=None) -> dict[str, float]:
+    """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
+
+    ``on_epoch_end(epoch, metrics)`` is called after each validated epoch (evolution uses it for pruning).
+    Nothing is written when ``options.save_dir`` is None.
+    """
+    seed_everything(options.seed + max(options.rank, 0), options.deterministic)
+    model = build_detector(hyp, options, data)
+    model = wrap_distributed(model, options)
+    dataset = data.train_dataset(hyp, options.batch_size, options.seed)
+    local_batch = max(options.batch_size // options.world_size, 1)
+    loader = build_dataloader(
+        dataset,
+        local_batch,
+        options.workers,
+        shuffle=True,
+        seed=options.seed,
+        rank=max(options.rank, 0),
+        world_size=options.world_size,
+    )
+    num_batches = len(loader)
+    context = build_step_context(model, hyp, options, data, num_batches)
+    outputs = RunOutputs(options, hyp, data, context) if options.is_main_process else None
+    start_epoch, best_fitness = 0, -math.inf
+    if options.resume:
+        start_epoch, best_fitness = restore_state(model, context, load_checkpoint(options.resume), num_batches)
+        LOGGER.info(f"resuming {options.resume} from epoch {start_epoch}")
+    if outputs is not None:
+        outputs.start(dataset, loader)
+    mosaic_off_epoch = close_mosaic_epoch(options.epochs, options.close_mosaic)
+    metrics: dict[str, float] = {}
+    epochs_without_improvement = 0
+    for epoch in range(start_epoch, options.epochs):
+        if epoch >= mosaic_off_epoch and dataset.use_mosaic:
+            dataset.close_mosaic()
+            LOGGER.info(f"closing mosaic and mixup for the last {options.epochs - epoch} epochs (epoch {epoch})")
+        dataset.set_epoch(epoch)
+        train_terms = train_one_epoch(
+            model,
+            loader,
+            context,
+            epoch,
+            options.epochs,
+            show_progress=options.show_progress and options.is_main_process,
+        )
+        final_epoch = epoch + 1 == options.epochs
+        epoch_fitness = None
+        if options.is_main_process and (options.validate_every_epoch or final_epoch):
+            metrics = {**train_terms, **evaluate(context, data, options)}
+            epoch_fitness = fitness(metrics, options.fitness_weights)
+            metrics["fitness"] = epoch_fitness
+            improved = epoch_fitness > best_fitness
+            best_fitness = max(best_fitness, epoch_fitness)
+            epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
+            outputs.end_epoch(epoch, metrics, improved, best_fitness, model)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+        context.scheduler.step(epoch, epoch_fitness)
+        if options.patience and epochs_without_improvement >= options.patience:
+            LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
+            break
+    if outputs is not None:
+        outputs.finish(model, context)
+    return metrics
+
+
+def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> dict[str, float]:
+    """Validate the EMA model on the val split with the run's loss; returns metrics by name."""
+    local_batch = max(options.batch_size // options.world_size, 1)
+    loader = data.val_loader(local_batch * 2, options.workers)
+    return validate(
+        context.ema.ema,
+        loader,
+        data.names,
+        device=options.device,
+        loss_fn=context.loss_fn,
+        half=context.amp,
+    )
