@@ -14,8 +14,8 @@ from torch import nn
 
 from models.yolo import DetectionModel, build_model, model_summary
 from utils.autoanchor import check_anchors
+from utils.checkpoint import load_checkpoint, transfer_weights
 from utils.dataset import build_dataloader
-from utils.checkpoint import float_state_dict, load_checkpoint, transfer_weights
 from utils.ema import ModelEMA
 from utils.engine import StepContext, train_one_epoch
 from utils.fitness import fitness

@@ -1,0 +1,115 @@
+"""Checkpoints: atomic saving, safe (weights-only) loading, rebuilding models and transferring weights."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.yolo import DetectionModel, build_model
+from utils.errors import UserError
+
+REQUIRED_KEYS = ("model_cfg", "num_classes", "model")
+SAFE_TYPES = (torch.Tensor, str, int, float, bool, type(None))
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Return ``value`` made of types ``torch.load(weights_only=True)`` accepts, or raise TypeError naming it."""
+    if isinstance(value, np.generic):  # checked first: np.float64 is also a float, yet weights-only refuses it
+        return value.item()
+    if isinstance(value, SAFE_TYPES):
+        return value
+    if isinstance(value, dict):
+        return type(value)((key, _plain(item, f"{where}.{key}")) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item, f"{where}[{index}]") for index, item in enumerate(value))
+    raise TypeError(f"checkpoint field {where} has type {type(value).__name__}, which weights-only loading refuses")
+
+
+def float_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict detached on the CPU, with floating tensors in float32 (for portable checkpoints)."""
+    return {
+        name: (tensor.detach().float() if tensor.is_floating_point() else tensor.detach()).cpu()
+        for name, tensor in model.state_dict().items()
+    }
+
+
+def save_checkpoint(path: str | Path, **fields: Any) -> Path:
+    """Write ``fields`` as a checkpoint dict; a temporary file then a rename, so readers never see half a file."""
+    path = Path(path)
+    checkpoint = _plain(fields, "checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _reason(error: Exception) -> str:
+    """The informative line of a (often multi-line) torch.load error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").strip()
+    return lines[0] if lines else type(error).__name__
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` onto the CPU; any problem raises a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"refusing to load {path}: it holds Python objects, not only weights (a yolov5 or foreign "
+            f"checkpoint?): {_reason(error)}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"unrecognised checkpoint {path}: expected a dict, got {type(checkpoint).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise UserError(f"unrecognised checkpoint {path}: missing {', '.join(missing)}")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> DetectionModel:
+    """Rebuild the model a checkpoint describes and load its weights; returned in eval mode, float32, on CPU."""
+    model = build_model(checkpoint["model_cfg"], int(checkpoint["num_classes"]))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise UserError(f"checkpoint weights do not fit its model cfg: {str(error).splitlines()[0]}") from None
+    return model.float().eval()
+
+
+def transfer_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], exclude: Iterable[str] = ()
+) -> tuple[int, int]:
+    """Copy every tensor of ``state_dict`` whose name and shape match one of ``model``'s.
+
+    Names containing any ``exclude`` substring (e.g. "anchors") are skipped. Returns (loaded, skipped), both
+    counted over ``state_dict`` entries.
+    """
+    exclude = tuple(exclude)
+    own = model.state_dict()
+    matched = {
+        name: tensor
+        for name, tensor in state_dict.items()
+        if name in own and own[name].shape == tensor.shape and not any(word in name for word in exclude)
+    }
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(state_dict) - len(matched)
