@@ -10,14 +10,15 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.ema import ModelEMA
+from utils.errors import UserError
 from utils.schedule import Scheduler, apply_iteration, iteration_settings
 
 LOSS_TERMS = ("box_loss", "obj_loss", "cls_loss")
 GRADIENT_CLIP_NORM = 10.0
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops rather than train on garbage."""
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite; the run stops rather than train on garbage (last.pt is kept)."""
 
 
 @dataclass
@@ -82,7 +83,10 @@ def train_one_epoch(
         with torch.autocast(device_type=context.device.type, enabled=context.amp):
             loss, terms = context.loss_fn(model(images), targets)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, batch {batch_index}")
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at epoch {epoch}, batch {batch_index}; the last saved checkpoint "
+                "is kept (a lower lr0 or --optimizer SGD usually helps)"
+            )
         context.scaler.scale(loss * context.world_size).backward()
         if iteration - context.last_optimizer_step >= settings.accumulate:
             optimizer_step(model, context)
