@@ -1,0 +1,224 @@
+"""Data yaml loading: resolve the dataset root, split sources and class names; generate or download on first use."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from filelock import FileLock
+
+from utils.errors import UserError
+
+IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
+SPLIT_NAMES = ("train", "val", "test")
+DATA_FOLDER = Path(__file__).resolve().parent.parent / "data"
+GENERATE_KEYS = {"seed", "train", "val", "img_size"}
+DOWNLOAD_SCHEMES = {"http", "https", "file"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A parsed data yaml. ``splits`` maps a split name to its sources: image folders and/or .txt image lists."""
+
+    yaml_path: Path
+    root: Path
+    splits: dict[str, list[Path]]
+    names: list[str]
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def image_files(self, split: str) -> list[Path]:
+        """All image files of a split, sorted, duplicates removed."""
+        if split not in self.splits:
+            raise UserError(f"{self.yaml_path}: no '{split}' split")
+        return list_images(self.splits[split], self.root)
+
+
+def resolve_yaml_path(path: str | Path) -> Path:
+    """The yaml as given, or a bare name such as ``shapes.yaml`` (or ``shapes``) looked up in data/."""
+    path = Path(path)
+    candidates = [path, DATA_FOLDER / path.name]
+    if not path.suffix:
+        candidates += [path.with_suffix(".yaml"), DATA_FOLDER / f"{path.name}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise UserError(f"data yaml not found: {path} (also looked in {DATA_FOLDER})")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: malformed yaml{where}") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: expected a mapping with keys path, train, val, names")
+    return content
+
+
+def _parse_names(content: dict, path: Path) -> list[str]:
+    if "names" not in content:
+        raise UserError(f"{path}: missing key 'names'")
+    names = content["names"]
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise UserError(f"{path}: key 'names' must map the ids 0..{len(names) - 1} to names")
+        names = [names[index] for index in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{path}: key 'names' must be a non-empty list or an {{id: name}} map")
+    if "nc" in content and content["nc"] != len(names):
+        raise UserError(f"{path}: key 'nc' is {content['nc']} but 'names' has {len(names)} entries")
+    return [str(name) for name in names]
+
+
+def _resolve_root(content: dict, yaml_path: Path) -> Path:
+    root = Path(str(content.get("path") or "."))
+    return root if root.is_absolute() else (yaml_path.parent / root).resolve()
+
+
+def _resolve_source(entry: object, root: Path, yaml_path: Path, key: str) -> Path:
+    """A split entry resolves against the dataset root first, then against the yaml's folder."""
+    if not isinstance(entry, str) or not entry:
+        raise UserError(f"{yaml_path}: key '{key}' must be a path or a list of paths, got {entry!r}")
+    path = Path(entry)
+    if path.is_absolute():
+        return path
+    candidates = [root / path, yaml_path.parent / path]
+    return next((candidate.resolve() for candidate in candidates if candidate.exists()), candidates[0].resolve())
+
+
+def _split_sources(content: dict, root: Path, yaml_path: Path) -> dict[str, list[Path]]:
+    splits = {}
+    for key in SPLIT_NAMES:
+        if key not in content or content[key] is None:
+            if key != "test":
+                raise UserError(f"{yaml_path}: missing key '{key}'")
+            continue
+        entries = content[key] if isinstance(content[key], list) else [content[key]]
+        splits[key] = [_resolve_source(entry, root, yaml_path, key) for entry in entries]
+    return splits
+
+
+def _missing_sources(splits: dict[str, list[Path]]) -> list[tuple[str, Path]]:
+    return [(key, source) for key, sources in splits.items() for source in sources if not source.exists()]
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    """Parse a data yaml; generate (``generate:``) or download (``download:``) the dataset if its files are missing."""
+    yaml_path = resolve_yaml_path(path)
+    content = _read_yaml(yaml_path)
+    names = _parse_names(content, yaml_path)
+    root = _resolve_root(content, yaml_path)
+    splits = _split_sources(content, root, yaml_path)
+    if _missing_sources(splits):
+        if content.get("generate") is not None:
+            _generate(content["generate"], root, yaml_path)
+        elif content.get("download") is not None:
+            download_zip(content["download"], root.parent, yaml_path)
+        splits = _split_sources(content, root, yaml_path)  # entries may now resolve to a different candidate
+    missing = _missing_sources(splits)
+    if missing:
+        key, source = missing[0]
+        raise UserError(f"{yaml_path}: key '{key}' points to {source}, which does not exist")
+    return DataConfig(yaml_path=yaml_path, root=root, splits=splits, names=names, raw=content)
+
+
+def _generate(options: object, root: Path, yaml_path: Path) -> None:
+    """Build the synthetic dataset described by a ``generate:`` mapping (data only, never code)."""
+    from utils.synthetic import generate_dataset  # only needed on first use
+
+    if not isinstance(options, dict) or set(options) - GENERATE_KEYS:
+        raise UserError(f"{yaml_path}: key 'generate' must be a mapping with keys from {sorted(GENERATE_KEYS)}")
+    if not all(isinstance(value, int) and value >= 0 for value in options.values()):
+        raise UserError(f"{yaml_path}: key 'generate' values must be non-negative integers")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (one per GPU in an evolve run) may start together: one generates, the others wait.
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        if all((root / "images" / split).is_dir() for split in ("train", "val")):
+            return  # another process generated it while this one waited
+        print(f"Generating dataset {root} ...")
+        generate_dataset(
+            root,
+            seed=options.get("seed", 0),
+            num_train=options.get("train", 400),
+            num_val=options.get("val", 100),
+            img_size=options.get("img_size", 256),
+        )
+
+
+def _check_download_url(url: object, yaml_path: Path) -> str:
+    if not isinstance(url, str):
+        raise UserError(f"{yaml_path}: key 'download' must be a URL to a .zip file (code is never run)")
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in DOWNLOAD_SCHEMES or not parsed.path.lower().endswith(".zip"):
+        raise UserError(f"{yaml_path}: key 'download' must be an http(s):// or file:// URL to a .zip, got {url!r}")
+    return url
+
+
+def extract_zip(archive: Path, target: Path) -> None:
+    """Extract ``archive`` into ``target``, refusing any entry that would land outside it (zip-slip) or is a link."""
+    target = target.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            for info in zipped.infolist():
+                destination = (target / info.filename).resolve()
+                is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                if is_link or not destination.is_relative_to(target):
+                    raise UserError(f"{archive}: refusing zip entry {info.filename!r}, which escapes {target}")
+            zipped.extractall(target)
+    except zipfile.BadZipFile:
+        raise UserError(f"{archive}: not a valid zip file") from None
+
+
+def download_zip(url: object, target: Path, yaml_path: Path) -> None:
+    """Download a .zip named by a data yaml's ``download:`` key and extract it into ``target``."""
+    url = _check_download_url(url, yaml_path)
+    target.mkdir(parents=True, exist_ok=True)
+    print(f"Downloading {url} to {target} ...")
+    with tempfile.TemporaryDirectory(dir=target) as staging:
+        archive = Path(staging) / "download.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as file:
+                shutil.copyfileobj(response, file)
+        except (OSError, ValueError) as error:
+            raise UserError(f"{yaml_path}: download of {url} failed: {error}") from None
+        extract_zip(archive, target)
+
+
+def list_images(sources: list[Path], root: Path) -> list[Path]:
+    """Expand folders (recursively) and .txt lists into image files.
+
+    A relative line in a .txt list resolves against the list's folder (yolov5's ``./images/...`` convention),
+    then against the dataset root.
+    """
+    files: set[Path] = set()
+    for source in sources:
+        if source.is_dir():
+            files.update(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        elif source.suffix == ".txt":
+            for line in source.read_text().splitlines():
+                line = line.strip()
+                if not line:
+                    continue
+                entry = Path(line)
+                if not entry.is_absolute():
+                    beside_list = (source.parent / entry).resolve()
+                    entry = beside_list if beside_list.exists() else (root / entry).resolve()
+                if entry.suffix.lower() in IMAGE_SUFFIXES:
+                    files.add(entry)
+        elif source.suffix.lower() in IMAGE_SUFFIXES:
+            files.add(source)
+        else:
+            raise UserError(f"{source}: not an image folder, a .txt image list or an image")
+    return sorted(files)
