@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "WeightsUnpickler" not in str(error):  # plain garbage, not a pickle that weights-only refused
+            raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
         raise UserError(
             f"refusing to load {path}: it holds Python objects, not only weights (a yolov5 or foreign "
             f"checkpoint?): {_reason(error)}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except Exception as error:  # torch.load fails on corrupt bytes with many exception types (IndexError, ...)
         raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"unrecognised checkpoint {path}: expected a dict, got {type(checkpoint).__name__}")

@@ -1,0 +1,130 @@
+"""Tests for detect.py: source discovery, drawing, txt output, images and videos end to end, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import detect
+from models.yolo import build_model
+from utils.checkpoint import float_state_dict, save_checkpoint
+from utils.errors import UserError
+from utils.synthetic import SHAPE_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+# An untrained model scores about 1e-3 (yolov5's objectness prior), so a tiny threshold yields detections to draw.
+LOW_CONF = "0.00001"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = build_model("yolov5n.yaml", len(SHAPE_NAMES))
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    return save_checkpoint(
+        path, model_cfg=model.yaml, num_classes=len(SHAPE_NAMES), names=list(SHAPE_NAMES),
+        model=float_state_dict(model), epoch=0, best_fitness=0.0,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def val_images(tiny_dataset: Path) -> Path:
+    return tiny_dataset.parent / "shapes" / "images" / "val"
+
+
+def write_video(path: Path, frames: int = 3) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
+    for index in range(frames):
+        writer.write(np.full((64, 96, 3), 40 * index, dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_source_files_from_file_folder_and_glob(tmp_path: Path) -> None:
+    for name in ("a.jpg", "sub/b.png", "c.mp4", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [path.name for path in detect.source_files(str(tmp_path))] == ["a.jpg", "c.mp4", "b.png"]
+    assert [path.name for path in detect.source_files(str(tmp_path / "*.jpg"))] == ["a.jpg"]
+    assert detect.source_files(str(tmp_path / "c.mp4")) == [tmp_path / "c.mp4"]
+
+
+@pytest.mark.parametrize("source", ["missing_folder", "*.nothing", "notes.txt"])
+def test_source_files_errors_name_the_source(tmp_path: Path, source: str) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="--source"):
+        detect.source_files(str(tmp_path / source))
+
+
+class FixedBoxModel(nn.Module):
+    """Always predicts one class-1 box centred in the network input, half its width and 40% of its height."""
+
+    stride = torch.tensor([8.0, 16.0, 32.0])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list]:
+        self.input_shape = tuple(images.shape)
+        height, width = images.shape[2:]
+        box = [width / 2, height / 2, width / 2, height * 0.4, 1.0, 0.0, 1.0]
+        return torch.tensor([[box]]), []
+
+
+def test_detector_maps_boxes_back_through_the_letterbox() -> None:
+    model = FixedBoxModel()
+    detector = detect.Detector(model, ["a", "b"], torch.device("cpu"), img_size=128)
+    # 100 x 40 scales by 1.28 to 128 x 51, padded to the next stride multiple: 128 x 64.
+    detections = detector(np.zeros((40, 100, 3), dtype=np.uint8))
+    assert model.input_shape == (1, 3, 64, 128)
+    # In the input: x 32..96, y 19.2..44.8 with 6.4 px padding on top -> original 25..75, 10..30.
+    assert detections[:, :4] == pytest.approx(np.array([[25, 10, 75, 30]]), abs=1.0)
+    assert detections[0, 5] == 1
+
+
+def test_draw_marks_the_box_and_leaves_the_input_untouched() -> None:
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    annotated = detect.draw(image, np.array([[10, 20, 40, 50, 0.9, 1]]), ["a", "b"], thickness=2)
+    assert image.sum() == 0
+    assert annotated[35, 10].any() and not annotated[35, 25].any()  # on the left edge, not inside
+
+
+def test_write_txt_rows_are_normalised(tmp_path: Path) -> None:
+    path = tmp_path / "labels" / "x.txt"
+    detect.write_txt(path, np.array([[0, 0, 50, 20, 0.5, 3]]), (40, 100, 3))
+    assert path.read_text().split() == ["3", "0.250000", "0.250000", "0.500000", "0.500000", "0.500000"]
+
+
+def test_detect_on_images_and_a_video(tiny_checkpoint: Path, val_images: Path, tmp_path: Path, capsys) -> None:
+    video = write_video(tmp_path / "clip.mp4")
+    arguments = ["--weights", str(tiny_checkpoint), "--img", "128", "--conf-thres", LOW_CONF, "--max-det", "3",
+                 "--project", str(tmp_path / "runs"), "--save-txt", "--device", "cpu"]  # fmt: skip
+    detect.main(detect.get_args_parser().parse_args([*arguments, "--source", str(val_images)]))
+    detect.main(detect.get_args_parser().parse_args([*arguments, "--source", str(video)]))
+    images_run, video_run = tmp_path / "runs" / "exp", tmp_path / "runs" / "exp2"
+    sources = sorted(val_images.iterdir())
+    assert sorted(path.name for path in images_run.glob("*.jpg")) == [path.name for path in sources]
+    assert cv2.imread(str(images_run / sources[0].name)).shape == cv2.imread(str(sources[0])).shape
+    rows = (images_run / "labels" / f"{sources[0].stem}.txt").read_text().splitlines()
+    assert 1 <= len(rows) <= 3 and all(len(row.split()) == 6 for row in rows)
+    capture = cv2.VideoCapture(str(video_run / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    capture.release()
+    assert sorted(path.name for path in (video_run / "labels").iterdir()) == ["clip_0.txt", "clip_1.txt", "clip_2.txt"]
+    assert "Results saved to" in capsys.readouterr().out
+
+
+def test_corrupt_weights_give_one_error_line(val_images: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "corrupt.pt"
+    weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "detect.py"), "--weights", str(weights), "--source", str(val_images),
+         "--project", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "corrupt.pt" in result.stderr

@@ -1,0 +1,134 @@
+"""Validate a trained detector: ``python val.py --weights runs/train/exp/weights/best.pt --data shapes.yaml``.
+
+Prints yolov5's per-class table (P, R, mAP50, mAP50-95) and writes PR/F1/P/R curves and the confusion matrix to
+runs/val/expN. ``--save-json`` also writes COCO-format predictions and ground truth and, when pycocotools or
+faster-coco-eval is installed, prints their mAP beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.coco_json import available_backend, reference_map
+from utils.data_config import DataConfig, load_data_config
+from utils.dataset import YoloDataset, build_dataloader, prepare_split
+from utils.device import select_device
+from utils.errors import UserError, run_cli
+from utils.fitness import fitness, parse_fitness_weights
+from utils.metrics import MAP50, MAP50_95
+from utils.prepared_data import VALIDATION_PAD
+from utils.run_dir import increment_path
+from utils.validator import Validation, run_validation
+
+ROOT = Path(__file__).resolve().parent
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
+    parser.add_argument("--data", default="shapes.yaml", help="data yaml")
+    parser.add_argument("--batch-size", "--batch", type=int, default=32, help="batch size")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
+    parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image after NMS")
+    parser.add_argument(
+        "--coco-max-dets",
+        type=int,
+        default=None,
+        help="score only the top N detections per image and class, as COCOeval's maxDets (100 reproduces COCO)",
+    )
+    parser.add_argument("--task", default="val", choices=("val", "test", "speed"), help="split to score, or speed")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers")
+    parser.add_argument("--half", action="store_true", help="FP16 autocast inference (CUDA only)")
+    parser.add_argument("--save-txt", action="store_true", help="save detections to labels/*.txt (with conf)")
+    parser.add_argument("--save-json", action="store_true", help="save COCO json and print the reference mAP")
+    parser.add_argument("--noplots", action="store_true", help="save no plots")
+    parser.add_argument("--verbose", action="store_true", help="per-class table even for many classes")
+    parser.add_argument("--fitness", default=None, help="also print fitness with these weights, e.g. 'mAP50-95=1'")
+    parser.add_argument("--project", default=str(ROOT / "runs" / "val"), help="save to project/name")
+    parser.add_argument("--name", default="exp", help="save to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    return parser
+
+
+def build_loader(
+    data_yaml: str, split_name: str, img_size: int, batch_size: int, workers: int, stride: int
+) -> tuple[DataConfig, DataLoader]:
+    """(DataConfig, rectangular DataLoader) over one split of a data yaml, as validation during training uses."""
+    config = load_data_config(data_yaml)
+    split, _ = prepare_split(config, split_name, img_size)
+    dataset = YoloDataset(
+        split, img_size, {}, augment=False, rect=True, batch_size=batch_size, stride=stride, pad=VALIDATION_PAD
+    )
+    return config, build_dataloader(dataset, batch_size, workers, shuffle=False)
+
+
+def main(args: argparse.Namespace) -> None:
+    if min(args.batch_size, args.max_det, args.coco_max_dets or 1) < 1 or args.imgsz < 32:
+        raise UserError("--batch-size, --max-det and --coco-max-dets must be >= 1 and --img >= 32")
+    fitness_weights = parse_fitness_weights(args.fitness) if args.fitness else None
+    device = select_device(args.device)
+    checkpoint = load_checkpoint(args.weights)
+    model = model_from_checkpoint(checkpoint).to(device)
+    stride = int(model.stride.max())
+    speed_only = args.task == "speed"
+    config, loader = build_loader(
+        args.data, "val" if speed_only else args.task, args.imgsz, args.batch_size, args.workers, stride
+    )
+    if int(checkpoint["num_classes"]) != config.num_classes:
+        raise UserError(
+            f"{args.weights} predicts {checkpoint['num_classes']} classes but {config.yaml_path} has "
+            f"{config.num_classes}"
+        )
+    save_dir = None if speed_only else increment_path(Path(args.project) / args.name, args.exist_ok)
+    validation = run_validation(
+        model,
+        loader,
+        config.names,
+        device=device,
+        half=args.half,
+        save_dir=save_dir,
+        conf_thres=0.25 if speed_only else args.conf_thres,
+        iou_thres=0.45 if speed_only else args.iou_thres,
+        max_det=args.max_det,
+        plots=not (args.noplots or speed_only),
+        save_json=args.save_json and not speed_only,
+        save_txt=args.save_txt and not speed_only,
+        max_detections_per_image=args.coco_max_dets,
+    )
+    if not speed_only:
+        print(validation.table(per_class=args.verbose or config.num_classes < 50))
+    speed = validation.speed_ms
+    print(
+        f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "
+        f"{speed['nms']:.1f}ms NMS per image at batch-size {args.batch_size}, image size {args.imgsz}"
+    )
+    if fitness_weights is not None:
+        print(f"fitness {fitness(validation.metrics, fitness_weights):.5f} ({args.fitness})")
+    if validation.coco_ground_truth is not None:
+        print_reference(validation, args.coco_max_dets or args.max_det)
+    if save_dir is not None:
+        print(f"Results saved to {save_dir}")
+
+
+def print_reference(validation: Validation, max_detections: int) -> None:
+    """Our mAP beside pycocotools' (or faster-coco-eval's) on the same json, when one is installed."""
+    backend = available_backend()
+    if backend is None:
+        print("install pycocotools or faster-coco-eval to print a reference mAP")
+        return
+    reference = reference_map(validation.coco_ground_truth, validation.coco_results, backend, max_detections)
+    print(f"{'':22s}{'mAP50':>11s}{'mAP50-95':>11s}")
+    for label, values in (("ours", validation.metrics), (backend, reference)):
+        print(f"{label:>22s}{values[MAP50]:11.4g}{values[MAP50_95]:11.4g}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda: main(get_args_parser().parse_args())))
