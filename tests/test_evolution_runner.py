@@ -1,0 +1,201 @@
+"""Tests for utils/evolution/runner.py and cli.py: the run API in one process (faults, pruning, resume, flags)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+
+import pytest
+from optuna.trial import TrialState
+
+import evolve
+from tests.evolve_worker import synthetic_metrics
+from utils.errors import UserError
+from utils.evolution import add_evolve_arguments, evolve_options, load_meta, run
+from utils.hyp import load_hyp
+
+
+def instant(hyp, child):
+    return synthetic_metrics(hyp)
+
+
+def csv_rows(run_dir):
+    return (run_dir / "evolve.csv").read_text().splitlines()[1:]
+
+
+def test_run_writes_views_and_resumes_toward_n(tmp_path):
+    run_dir = tmp_path / "exp"
+    study = run(instant, load_hyp(), load_meta(), 4, run_dir=run_dir, plots=False)
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 4
+    assert study.trials[0].user_attrs["hyp"] == load_hyp()
+    first_rows = csv_rows(run_dir)
+    study = run(instant, load_hyp(), load_meta(), 6, run_dir=run_dir, plots=False)
+    assert len(study.trials) == 6 and csv_rows(run_dir)[:4] == first_rows and len(csv_rows(run_dir)) == 6
+    study = run(instant, load_hyp(), load_meta(), 6, run_dir=run_dir, plots=True)
+    assert len(study.trials) == 6
+    assert (run_dir / "evolve.png").is_file() and (run_dir / "fitness.png").is_file()
+    assert (run_dir / "hyp_evolve.yaml").read_text().count("lr0:") == 1
+
+
+def test_evolve_py_reexports_run():
+    assert evolve.run is run
+
+
+def test_failing_child_is_recorded_and_evolution_goes_on(tmp_path):
+    def sometimes_fails(hyp, child):
+        if child.index in (1, 3):
+            raise FloatingPointError("loss is nan")
+        return synthetic_metrics(hyp)
+
+    study = run(sometimes_fails, load_hyp(), load_meta(), 4, run_dir=tmp_path, plots=False)
+    states = [trial.state for trial in study.trials]
+    assert states.count(TrialState.COMPLETE) == 4 and states.count(TrialState.FAIL) == 2
+    assert study.trials[1].user_attrs["error"] == "FloatingPointError: loss is nan"
+    assert len(csv_rows(tmp_path)) == 4
+
+
+def test_non_finite_fitness_and_missing_metrics_fail_the_child(tmp_path):
+    def bad_metrics(hyp, child):
+        if child.index == 1:
+            return {**synthetic_metrics(hyp), "metrics/mAP_0.5:0.95": math.nan}
+        if child.index == 2:
+            return {"val/box_loss": 1.0}
+        return synthetic_metrics(hyp)
+
+    study = run(bad_metrics, load_hyp(), load_meta(), 2, run_dir=tmp_path, plots=False)
+    assert "fitness is nan" in study.trials[1].user_attrs["error"]
+    assert "mAP_0.5" in study.trials[2].user_attrs["error"]
+
+
+def test_a_broken_setup_stops(tmp_path):
+    def always_fails(hyp, child):
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(UserError, match="all failed.*CUDA out of memory"):
+        run(always_fails, load_hyp(), load_meta(), 50, run_dir=tmp_path, plots=False)
+
+
+def test_keyboard_interrupt_fails_the_child_and_refreshes_views(tmp_path):
+    def interrupted(hyp, child):
+        if child.index == 2:
+            raise KeyboardInterrupt
+        return synthetic_metrics(hyp)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted, load_hyp(), load_meta(), 5, run_dir=tmp_path, plots=False)
+    assert len(csv_rows(tmp_path)) == 2
+    study = run(instant, load_hyp(), load_meta(), 5, run_dir=tmp_path, plots=False)
+    assert study.trials[2].state == TrialState.FAIL and "interrupted" in study.trials[2].user_attrs["error"]
+    assert len(csv_rows(tmp_path)) == 5
+
+
+def test_pruning_keeps_pruned_children_out_of_the_csv(tmp_path):
+    def reporting(hyp, child):
+        metrics = synthetic_metrics(hyp)
+        # Children after the first five report a poor start so the median pruner stops them.
+        start = 0.0 if child.index >= 5 else 1.0
+        for epoch in range(3):
+            child.report(epoch, start + 0.01 * epoch)
+        return metrics
+
+    study = run(reporting, load_hyp(), load_meta(), 8, run_dir=tmp_path, prune=True, plots=False)
+    states = [trial.state for trial in study.trials]
+    assert states[:5] == [TrialState.COMPLETE] * 5 and TrialState.PRUNED in states[5:]
+    completed = states.count(TrialState.COMPLETE)
+    assert len(csv_rows(tmp_path)) == completed < len(states)
+
+
+def test_without_prune_reports_never_prune(tmp_path):
+    def reporting(hyp, child):
+        child.report(0, 1.0 if child.index < 5 else 0.0)
+        child.report(1, 1.0 if child.index < 5 else 0.0)
+        return synthetic_metrics(hyp)
+
+    study = run(reporting, load_hyp(), load_meta(), 7, run_dir=tmp_path, plots=False)
+    assert all(trial.state == TrialState.COMPLETE for trial in study.trials)
+
+
+def test_child_context_and_saved_children(tmp_path):
+    seen = []
+
+    def recording(hyp, child):
+        (child.run_dir / "weights.txt").write_text(str(child.index))
+        seen.append((child.index, child.seed, child.hyp == hyp))
+        return synthetic_metrics(hyp)
+
+    run(recording, load_hyp(), load_meta(), 2, run_dir=tmp_path, save_children=True, seed=3, plots=False)
+    assert [index for index, _, _ in seen] == [0, 1] and all(same for _, _, same in seen)
+    assert seen[0][1] != seen[1][1]
+    assert (tmp_path / "children" / "1" / "weights.txt").read_text() == "1"
+
+
+def test_unsaved_children_leave_nothing(tmp_path):
+    run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, plots=False)
+    assert not (tmp_path / "children").exists() and not list(tmp_path.glob(".child*"))
+
+
+def test_fitness_weights_are_used(tmp_path):
+    weights = {"metrics/precision": 1.0}
+    study = run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, fitness_weights=weights, plots=False)
+    assert study.trials[0].value == pytest.approx(0.5)
+
+
+def test_import_then_evolve(tmp_path):
+    from tests.test_evolution_views import yolov5_csv
+    from utils.evolution.search_space import validate_search_space
+
+    space = validate_search_space(load_hyp(), load_meta())
+    old = tmp_path / "old.csv"
+    old.write_text(yolov5_csv(space, 3))
+    with pytest.warns(UserWarning):
+        study = run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path / "exp", evolve_from=old, plots=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file is skipped (already imported), so nothing to warn about
+        study = run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path / "exp", evolve_from=old, plots=False)
+    assert len(study.trials) == 5 and len(csv_rows(tmp_path / "exp")) == 5
+    assert study.trials[3].user_attrs["hyp"] == load_hyp()  # the first own child is the base hyp
+
+
+def test_cli_flags():
+    parser = add_evolve_arguments(argparse.ArgumentParser())
+    assert parser.parse_args([]).evolve is None
+    assert parser.parse_args(["--evolve"]).evolve == 300
+    args = parser.parse_args(["--evolve", "30", "--freeze-hyp", "lr0, mosaic", "--sampler", "tpe", "--prune"])
+    options = evolve_options(args)
+    assert options["n"] == 30 and options["freeze"] == ("lr0", "mosaic") and options["sampler"] == "tpe"
+    assert options["prune"] and set(options["meta"]) == set(load_meta())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sampler", "nsga"])
+
+
+def test_a_different_setup_cannot_join_the_study(tmp_path):
+    run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, setup={"data": "a.yaml"}, plots=False)
+    run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup={"data": "a.yaml"}, plots=False)
+    with pytest.raises(UserError, match="different data; use another --name"):
+        run(instant, load_hyp(), load_meta(), 3, run_dir=tmp_path, setup={"data": "b.yaml"}, plots=False)
+    with pytest.raises(UserError, match="different search_space"):
+        run(instant, load_hyp(), load_meta(), 3, run_dir=tmp_path, freeze=("lr0",), setup={"data": "a.yaml"})
+
+
+def test_only_scalar_metrics_are_recorded(tmp_path):
+    import numpy as np
+
+    def extra_outputs(hyp, child):
+        return {**synthetic_metrics(hyp), "per_class_ap": np.array([0.1, 0.2]), "fitness": np.float32(0.5)}
+
+    study = run(extra_outputs, load_hyp(), load_meta(), 1, run_dir=tmp_path, plots=False)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert "per_class_ap" not in study.trials[0].user_attrs["metrics"]
+    assert study.trials[0].user_attrs["metrics"]["fitness"] == 0.5
+
+
+def test_evolve_main_forwards_to_train(monkeypatch):
+    import train
+
+    seen = {}
+    monkeypatch.setattr(train, "main", lambda args: seen.update(vars(args)))
+    evolve.main(["--data", "x.yaml"])
+    assert seen["evolve"] == 300 and seen["data"] == "x.yaml"
+    evolve.main(["--evolve", "30", "--sampler", "tpe"])
+    assert seen["evolve"] == 30 and seen["sampler"] == "tpe"

@@ -1,0 +1,156 @@
+"""Tests for sharing one study between worker processes: journal file, PostgreSQL, and a SIGKILLed worker."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from utils.evolution.runner import compute_fitness
+from utils.evolution.storage import open_storage
+from utils.evolution.views import CSV_METRICS
+from utils.hyp import load_hyp
+
+pytestmark = pytest.mark.slow  # starts worker processes (each imports torch through utils.fitness)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "evolve_worker.py"
+WORKERS = 4
+CHILDREN = 12
+TIMEOUT_S = 240
+
+
+def start_worker(run_dir: Path, n: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, str(WORKER), str(run_dir), str(n), *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(workers: list[subprocess.Popen]) -> list[str]:
+    outputs = [worker.communicate(timeout=TIMEOUT_S)[0] for worker in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output
+    return outputs
+
+
+def read_csv(run_dir: Path) -> tuple[list[str], list[dict[str, float]]]:
+    lines = (run_dir / "evolve.csv").read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].split(",")]
+    rows = [dict(zip(header, map(float, line.split(",")))) for line in lines[1:]]
+    return lines, rows
+
+
+def check_shared_study(run_dir: Path, study: optuna.Study, n: int) -> None:
+    """Exactly n rows under one header, no duplicate children, one base hyp, and the best row is the best."""
+    lines, rows = read_csv(run_dir)
+    assert sum(line == lines[0] for line in lines) == 1 and len(rows) == n
+    hyp_keys = list(load_hyp())
+    hyps = [tuple(row[key] for key in hyp_keys) for row in rows]
+    assert len(set(hyps)) == n, "duplicate children"
+    base = tuple(float(f"{value:.5g}") for value in load_hyp().values())
+    assert hyps.count(base) == 1, "the base hyp must be trained exactly once"
+    completed = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
+    assert len(completed) == n and len({trial.number for trial in completed}) == n
+    assert not [trial for trial in study.trials if trial.state == TrialState.RUNNING]
+    fitness = [compute_fitness({name: row[name] for name in CSV_METRICS}) for row in rows]
+    best_row = rows[max(range(n), key=fitness.__getitem__)]
+    assert max(fitness) == pytest.approx(study.best_value, rel=1e-4)
+    best_yaml = yaml.safe_load((run_dir / "hyp_evolve.yaml").read_text())
+    assert best_yaml == pytest.approx({key: best_row[key] for key in hyp_keys}, rel=1e-4)
+
+
+def test_four_workers_share_one_journal_study(tmp_path):
+    run_dir = tmp_path / "evo"
+    finish([start_worker(run_dir, CHILDREN) for _ in range(WORKERS)])
+    study = optuna.load_study(study_name="evo", storage=open_storage(run_dir, None))
+    check_shared_study(run_dir, study, CHILDREN)
+    workers = {trial.user_attrs["worker"]["pid"] for trial in study.trials}
+    assert len(workers) > 1, "only one worker did any work"
+
+
+def test_sigkilled_worker_loses_nothing_and_resume_completes(tmp_path):
+    run_dir, started = tmp_path / "evo", tmp_path / "started"
+    worker = start_worker(run_dir, 6, "--hang-child", "3", "--started-file", str(started))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not started.exists():
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+        time.sleep(0.2)
+    rows_before = read_csv(run_dir)[0]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert len(rows_before) == 4  # header + children 0-2
+    finish([start_worker(run_dir, 6)])
+    study = optuna.load_study(study_name="evo", storage=open_storage(run_dir, None))
+    assert study.trials[3].state == TrialState.FAIL
+    assert "stopped without finishing" in study.trials[3].user_attrs["error"]
+    lines, _ = read_csv(run_dir)
+    assert lines[:4] == rows_before and len(lines) == 7
+    check_shared_study(run_dir, study, 6)
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL on loopback; initdb refuses root, so as root it runs as the postgres user."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    folder = Path(tempfile.mkdtemp(prefix="evolve-pg-"))  # not pytest's 0700 tmp tree: postgres must enter it
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            import pwd
+
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run initdb as")
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port, data = free_port(), folder / "data"
+
+    def call(*command: str) -> None:
+        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
+
+    call(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    call(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o", options, "start")
+    try:
+        call(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "evolve")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/evolve"
+    finally:
+        call(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_four_workers_share_one_postgres_study(tmp_path, postgres_url):
+    run_dir = tmp_path / "evo"
+    extra = ("--storage", postgres_url, "--study-name", "pg-evo")
+    finish([start_worker(run_dir, CHILDREN, *extra) for _ in range(WORKERS)])
+    study = optuna.load_study(study_name="pg-evo", storage=postgres_url)
+    check_shared_study(run_dir, study, CHILDREN)
+    assert not (run_dir / "study.journal").exists()

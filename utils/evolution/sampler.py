@@ -1,0 +1,248 @@
+"""Samplers: the yolov5 genetic mutation as an Optuna sampler, and per-child seeding of Optuna's own samplers.
+
+Every child's randomness comes from ``(evolution seed, child index)`` only, never the clock, so workers
+sharing a study never draw identical children and a child can be replayed from its recorded seed.
+The base hyp is the first child that is not an imported row: that rule needs no lock, so concurrent
+workers never duplicate the baseline (yolov5 enqueues it per process).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from utils.errors import UserError
+from utils.evolution.search_space import GeneSpec, SearchSpace
+
+SAMPLERS = ("ga", "tpe", "cmaes", "random")
+PARENT_SELECTIONS = ("single", "weighted")
+TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
+MUTATION_PROBABILITY = 0.8
+MUTATION_SIGMA = 0.2
+FACTOR_RANGE = (0.3, 3.0)
+# For keys whose range starts at 0, a value below 10% of (high - low) mutates on that scale instead of its own.
+ZERO_FLOOR_FRACTION = 0.1
+SIGNIFICANT_DIGITS = 5
+IMPORTED_ATTR = "imported"
+
+
+def child_rng(seed: int, child_index: int) -> np.random.Generator:
+    """The random generator of one child: a pure function of the evolution seed and the child index."""
+    return np.random.default_rng([seed, child_index])
+
+
+def child_seed(seed: int, child_index: int) -> int:
+    """A 31-bit integer seed for one child (for Optuna samplers and for the child's own training)."""
+    return int(np.random.SeedSequence([seed, child_index]).generate_state(1)[0] >> 1)
+
+
+def mutation_factors(gains: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """yolov5's factors ``v = 1 + gain * N(0,1) * r * 0.2``: each gene w.p. 0.8, r ~ U(0,1) once per draw.
+
+    Redrawn until at least one factor differs from 1, clipped to [0.3, 3.0].
+    """
+    factors = np.ones_like(gains)
+    while np.all(factors == 1) and np.any(gains > 0):
+        mutates = rng.random(len(gains)) < MUTATION_PROBABILITY
+        step = gains * mutates * rng.standard_normal(len(gains)) * rng.random() * MUTATION_SIGMA
+        factors = (1 + step).clip(*FACTOR_RANGE)
+    return factors
+
+
+def mutate(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator) -> np.ndarray:
+    """One child of ``parent``: ``child = parent + (v - 1) * max(|parent|, floor)``, clipped to [low, high].
+
+    ``floor`` is 10% of (high - low) for keys whose range starts at 0 (low <= 0) and 0 otherwise. Above the floor
+    this is exactly yolov5's ``parent * v``. Below it the step is taken on the floor's scale, so a key at 0 (mixup,
+    degrees, ...) can move, which a purely multiplicative step never does; keys with low > 0 (lr0, box, ...)
+    cannot reach 0 and keep the multiplicative step everywhere.
+    Values are rounded to 5 significant digits (whole numbers for ``type: int``) and clipped again.
+    """
+    gains = np.array([spec.gain for spec in specs], dtype=float)
+    low = np.array([spec.low for spec in specs], dtype=float)
+    high = np.array([spec.high for spec in specs], dtype=float)
+    factors = mutation_factors(gains, rng)
+    floor = np.where(low <= 0, ZERO_FLOOR_FRACTION * (high - low), 0.0)
+    scale = np.maximum(np.abs(parent), floor)
+    child = (parent + (factors - 1) * scale).clip(low, high)
+    rounded = np.array([float(f"{value:.{SIGNIFICANT_DIGITS}g}") for value in child])
+    rounded = np.where([spec.type == "int" for spec in specs], np.round(child), rounded)
+    return rounded.clip(low, high)
+
+
+def select_parent(
+    population: np.ndarray, fitness: np.ndarray, rng: np.random.Generator, selection: str
+) -> tuple[np.ndarray, int | None]:
+    """Pick a parent among the fittest rows: one at random weighted by fitness, or their weighted mean.
+
+    Returns the parent vector and, for "single", the chosen row's position (None for "weighted").
+    """
+    weights = fitness - fitness.min() + 1e-6
+    if selection == "weighted":
+        return (population * weights[:, None]).sum(0) / weights.sum(), None
+    chosen = int(rng.choice(len(weights), p=weights / weights.sum()))
+    return population[chosen], chosen
+
+
+def own_trials_before(study: Study, number: int) -> list[FrozenTrial]:
+    """Trials created by evolution workers (not imported rows) with a smaller number."""
+    trials = study.get_trials(deepcopy=False)
+    return [trial for trial in trials if trial.number < number and not trial.user_attrs.get(IMPORTED_ATTR)]
+
+
+def is_base_child(study: Study, number: int) -> bool:
+    """True for the first child a worker created: it trains the base hyp unchanged."""
+    return not own_trials_before(study, number)
+
+
+def cast_params(params: dict[str, float], genes: dict[str, GeneSpec]) -> dict[str, Any]:
+    """Give int genes Python ints, as IntDistribution expects."""
+    return {key: int(round(value)) if genes[key].type == "int" else float(value) for key, value in params.items()}
+
+
+class GeneticSampler(BaseSampler):
+    """The classic yolov5 evolution: mutate a parent drawn from the 5 fittest completed children.
+
+    The whole child is computed in ``sample_relative`` from the completed trials. ``lineage`` maps a trial
+    number to its parent information so that the runner can record it with the child.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
+        if parent_selection not in PARENT_SELECTIONS:
+            raise ValueError(f"parent_selection must be one of {PARENT_SELECTIONS}, got {parent_selection!r}")
+        self.space = space
+        self.seed = seed
+        self.parent_selection = parent_selection
+        self.lineage: dict[int, dict[str, Any]] = {}
+        self._fallback = RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.space.distributions()
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        genes = self.space.genes
+        if is_base_child(study, trial.number):
+            self.lineage[trial.number] = {"base": True, "parents": []}
+            return cast_params(self.space.base_params(), genes)
+        rng = child_rng(self.seed, trial.number)
+        parent, parent_numbers = self.parent_vector(study, rng)
+        child = mutate(parent, list(genes.values()), rng)
+        self.lineage[trial.number] = {"base": False, "parents": parent_numbers}
+        return cast_params(dict(zip(genes, child)), genes)
+
+    def parent_vector(self, study: Study, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+        """The parent for the next child; the base hyp while no child has completed yet."""
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        completed = [trial for trial in completed if trial.value is not None and np.isfinite(trial.value)]
+        if not completed:
+            return np.array(list(self.space.base_params().values()), dtype=float), []
+        fittest = sorted(completed, key=lambda trial: trial.value, reverse=True)[:TOP_PARENTS]
+        population = np.array([[self.gene_value(trial, key) for key in self.space.genes] for trial in fittest])
+        fitness = np.array([trial.value for trial in fittest], dtype=float)
+        parent, chosen = select_parent(population, fitness, rng, self.parent_selection)
+        numbers = [fittest[chosen].number] if chosen is not None else [trial.number for trial in fittest]
+        return parent, numbers
+
+    def gene_value(self, trial: FrozenTrial, key: str) -> float:
+        """A key's value in a completed child: its param, else its recorded hyp, else the base value."""
+        if key in trial.params:
+            return float(trial.params[key])
+        return float(trial.user_attrs.get("hyp", {}).get(key, self.space.base_hyp[key]))
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        # Only reached for parameters outside the search space, which the runner never suggests.
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+
+class PerChildSeededSampler(BaseSampler):
+    """Wraps an Optuna sampler: a fresh delegate per child, seeded from (seed, child index); child 0 = base hyp.
+
+    One seeded sampler per worker would make every worker draw the same sequence; a time seed would make
+    runs irreproducible. TPE, random and CMA-ES keep no state between trials outside the study, so a fresh
+    instance per trial loses nothing.
+    """
+
+    def __init__(self, make_delegate: Callable[[int], BaseSampler], space: SearchSpace, seed: int = 0) -> None:
+        self.make_delegate = make_delegate
+        self.space = space
+        self.seed = seed
+        self.lineage: dict[int, dict[str, Any]] = {}
+        self._delegates: dict[int, BaseSampler] = {}
+
+    def delegate(self, trial: FrozenTrial) -> BaseSampler:
+        if trial.number not in self._delegates:
+            self._delegates[trial.number] = self.make_delegate(child_seed(self.seed, trial.number))
+        return self._delegates[trial.number]
+
+    def is_base(self, study: Study, trial: FrozenTrial) -> bool:
+        if trial.number not in self.lineage:
+            self.lineage[trial.number] = {"base": is_base_child(study, trial.number), "parents": []}
+        return self.lineage[trial.number]["base"]
+
+    def base_value(self, study: Study, trial: FrozenTrial, name: str) -> Any | None:
+        if not self.is_base(study, trial):
+            return None
+        return cast_params({name: self.space.base_hyp[name]}, self.space.genes)[name]
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.delegate(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if search_space and self.is_base(study, trial):
+            return {name: self.base_value(study, trial, name) for name in search_space if name in self.space.genes}
+        return self.delegate(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        value = self.base_value(study, trial, param_name) if param_name in self.space.genes else None
+        if value is not None:
+            return value
+        return self.delegate(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self.delegate(trial).before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        delegate = self._delegates.pop(trial.number, None)
+        if delegate is not None:
+            delegate.after_trial(study, trial, state, values)
+
+
+def build_sampler(
+    name: str, space: SearchSpace, seed: int = 0, parent_selection: str = "single"
+) -> GeneticSampler | PerChildSeededSampler:
+    """The sampler behind ``--sampler``: "ga" (default, yolov5 mutation), "tpe", "cmaes" or "random"."""
+    if name == "ga":
+        return GeneticSampler(space, seed=seed, parent_selection=parent_selection)
+    factories: dict[str, Callable[[int], BaseSampler]] = {
+        "tpe": lambda child: TPESampler(seed=child),
+        "cmaes": lambda child: CmaEsSampler(seed=child, warn_independent_sampling=False),
+        "random": lambda child: RandomSampler(seed=child),
+    }
+    if name not in factories:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+    if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise UserError("--sampler cmaes needs the cmaes package: pip install cmaes")
+    return PerChildSeededSampler(factories[name], space, seed=seed)
+
+
+def quiet_optuna() -> None:
+    """Optuna logs one INFO line per trial; evolution prints its own progress."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

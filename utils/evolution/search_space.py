@@ -1,0 +1,137 @@
+"""Evolution search space: load the meta table (gain, low, high, scale) and check it against a hyp."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+
+from utils.errors import UserError
+
+DEFAULT_META = Path(__file__).resolve().parents[2] / "data" / "hyps" / "meta.yaml"
+# Keys the meta table may describe although the hyp leaves them out (then they are simply not evolved).
+OPTIONAL_HYP_KEYS = ("anchors",)
+SCALES = ("linear", "log")
+TYPES = ("float", "int")
+
+
+@dataclass(frozen=True)
+class GeneSpec:
+    """How one hyp key evolves: mutation gain, bounds, search scale and value type."""
+
+    gain: float
+    low: float
+    high: float
+    scale: str = "linear"
+    type: str = "float"
+
+    def distribution(self) -> BaseDistribution:
+        """The Optuna distribution a sampler draws this key from."""
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.scale == "log")
+        return FloatDistribution(self.low, self.high, log=self.scale == "log")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: the base hyp, the evolved keys (hyp order) and their specs."""
+
+    base_hyp: dict[str, float]
+    genes: dict[str, GeneSpec]
+
+    @property
+    def evolved_keys(self) -> list[str]:
+        return list(self.genes)
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {key: spec.distribution() for key, spec in self.genes.items()}
+
+    def base_params(self) -> dict[str, float]:
+        """The base hyp's values of the evolved keys (child 0)."""
+        return {key: self.base_hyp[key] for key in self.genes}
+
+    def hyp_from_params(self, params: Mapping[str, float]) -> dict[str, float]:
+        """A full hyp: the base hyp with the evolved keys replaced by ``params``."""
+        return {key: float(params.get(key, value)) for key, value in self.base_hyp.items()}
+
+
+def parse_gene(key: str, entry: object, source: str) -> GeneSpec:
+    """Check one meta entry: ``{gain, low, high[, scale][, type]}`` or yolov5's ``[gain, low, high]``."""
+    if isinstance(entry, (list, tuple)) and len(entry) == 3:
+        entry = dict(zip(("gain", "low", "high"), entry))
+    if not isinstance(entry, Mapping):
+        raise UserError(f"{source}: meta entry '{key}' must be a mapping with gain, low, high (got {entry!r})")
+    unknown = sorted(set(entry) - {"gain", "low", "high", "scale", "type"})
+    missing = [name for name in ("gain", "low", "high") if name not in entry]
+    if unknown or missing:
+        problem = f"missing {', '.join(missing)}" if missing else f"unknown field(s) {', '.join(unknown)}"
+        raise UserError(f"{source}: meta entry '{key}': {problem} (expected gain, low, high, optional scale, type)")
+    numbers = {}
+    for name in ("gain", "low", "high"):
+        value = entry[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{source}: meta entry '{key}': {name} must be a finite number (got {value!r})")
+        numbers[name] = float(value)
+    scale, value_type = entry.get("scale", "linear"), entry.get("type", "float")
+    if scale not in SCALES or value_type not in TYPES:
+        raise UserError(f"{source}: meta entry '{key}': scale must be one of {SCALES}, type one of {TYPES}")
+    if numbers["gain"] < 0 or numbers["low"] > numbers["high"]:
+        raise UserError(f"{source}: meta entry '{key}': need gain >= 0 and low <= high (got {dict(entry)})")
+    if scale == "log" and numbers["low"] <= 0:
+        raise UserError(f"{source}: meta entry '{key}': scale: log needs low > 0 (got low={numbers['low']})")
+    return GeneSpec(numbers["gain"], numbers["low"], numbers["high"], scale, value_type)
+
+
+def load_meta(path: str | Path = DEFAULT_META) -> dict[str, GeneSpec]:
+    """Load a meta yaml into ``{key: GeneSpec}`` in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"meta file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid yaml ({getattr(error, 'problem', error)})") from None
+    if not isinstance(content, Mapping) or not content:
+        raise UserError(f"{path}: expected a mapping of hyp names to {{gain, low, high}}")
+    return {str(key): parse_gene(str(key), entry, str(path)) for key, entry in content.items()}
+
+
+def validate_search_space(
+    hyp: Mapping[str, float], meta: Mapping[str, GeneSpec | Mapping], freeze: Iterable[str] = ()
+) -> SearchSpace:
+    """Match hyp keys and meta entries one to one; keys with gain 0 or in ``freeze`` are fixed.
+
+    Raises UserError naming every hyp key without a meta entry, every meta entry without a hyp key
+    (``anchors`` may be absent from the hyp: it is then not evolved), unknown frozen keys, and base values
+    outside their bounds.
+    """
+    genes = {key: spec if isinstance(spec, GeneSpec) else parse_gene(key, spec, "meta") for key, spec in meta.items()}
+    no_meta = [key for key in hyp if key not in genes]
+    no_hyp = [key for key in genes if key not in hyp and key not in OPTIONAL_HYP_KEYS]
+    if no_meta or no_hyp:
+        parts = []
+        if no_meta:
+            parts.append(f"hyp keys without a meta entry: {', '.join(no_meta)} (add gain, low, high to the meta file)")
+        if no_hyp:
+            parts.append(f"meta entries without a hyp key: {', '.join(no_hyp)} (add them to the hyp or remove them)")
+        raise UserError("; ".join(parts))
+    freeze = [key for key in freeze if key]
+    unknown_frozen = [key for key in freeze if key not in hyp]
+    if unknown_frozen:
+        raise UserError(f"--freeze-hyp names keys that are not in the hyp: {', '.join(unknown_frozen)}")
+    base_hyp = {key: float(value) for key, value in hyp.items()}
+    evolved = {key: genes[key] for key in hyp if genes[key].gain > 0 and key not in freeze}
+    outside = [
+        f"{key}={base_hyp[key]:g} not in [{spec.low:g}, {spec.high:g}]"
+        for key, spec in evolved.items()
+        if not spec.low <= base_hyp[key] <= spec.high
+    ]
+    if outside:
+        raise UserError(f"hyp values outside their meta bounds: {', '.join(outside)}")
+    if not evolved:
+        raise UserError("nothing to evolve: every hyp key has gain 0 or is frozen")
+    return SearchSpace(base_hyp=base_hyp, genes=evolved)

@@ -1,0 +1,158 @@
+"""Study storage: the journal file in the run folder or an RDB URL, run-folder locks, and dead-worker cleanup."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from filelock import FileLock
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from utils.errors import UserError
+
+JOURNAL_NAME = "study.journal"
+LOCK_NAME = "evolve.lock"
+HEARTBEAT_INTERVAL_S = 60.0
+# A RUNNING child on another host whose heartbeat is older than this is considered dead.
+HEARTBEAT_GRACE_S = 600.0
+WORKER_ATTR = "worker"
+HEARTBEAT_ATTR = "heartbeat"
+
+
+def run_lock(run_dir: Path) -> FileLock:
+    """The lock that serialises study setup, imports and view refreshes among the run folder's workers."""
+    return FileLock(str(run_dir / LOCK_NAME))
+
+
+def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStorage:
+    """``storage=None``: a journal file in the run folder (many local processes, NFS-safe); else an RDB URL."""
+    if storage is None:
+        journal = str(run_dir / JOURNAL_NAME)
+        # O_CREAT|O_EXCL lock files are atomic on local disks and NFSv3+, unlike fcntl locks on NFS.
+        return JournalStorage(JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
+    if "://" not in storage:
+        raise UserError(f"--storage must be a database URL such as postgresql://user@host/db (got {storage!r})")
+    try:
+        return RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
+    except Exception as error:  # SQLAlchemy raises many types; the message is what the user needs
+        raise UserError(f"cannot open storage {storage}: {str(error).splitlines()[0]}") from None
+
+
+def open_study(
+    run_dir: Path,
+    storage: str | None,
+    study_name: str,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """Create the study, or join it when another worker (or an earlier run) already made it."""
+    return optuna.create_study(
+        storage=open_storage(run_dir, storage),
+        study_name=study_name,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start tick of a process (Linux), so a reused pid is not mistaken for the old worker."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int, start_time: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    current = process_start_time(pid)
+    return start_time is None or current is None or current == start_time
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Who runs a child: recorded on the trial so that a dead worker's child can be failed later."""
+
+    host: str
+    pid: int
+    start_time: str | None
+
+    @classmethod
+    def current(cls) -> Worker:
+        return cls(socket.gethostname(), os.getpid(), process_start_time(os.getpid()))
+
+    def as_attr(self) -> dict[str, object]:
+        return {"host": self.host, "pid": self.pid, "start_time": self.start_time}
+
+
+def is_stale(trial: optuna.trial.FrozenTrial, worker: Worker, now: float) -> bool:
+    """A RUNNING child is stale when its worker process is gone (same host) or its heartbeat stopped."""
+    owner = trial.user_attrs.get(WORKER_ATTR)
+    if not owner:
+        # Claimed but never started (the worker died between ask and its first write).
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        return now - started > HEARTBEAT_GRACE_S
+    if owner["host"] == worker.host:
+        if owner["pid"] == worker.pid and owner["start_time"] == worker.start_time:
+            return False
+        return not process_alive(owner["pid"], owner["start_time"])
+    return now - float(trial.user_attrs.get(HEARTBEAT_ATTR, 0.0)) > HEARTBEAT_GRACE_S
+
+
+def fail_stale_children(study: optuna.Study, worker: Worker) -> list[int]:
+    """Mark RUNNING children of dead workers FAIL (Optuna's heartbeat covers RDB only); returns their numbers."""
+    failed = []
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_stale(trial, worker, now):
+            continue
+        owner = trial.user_attrs.get(WORKER_ATTR) or {}
+        message = f"worker {owner.get('host', '?')}:{owner.get('pid', '?')} stopped without finishing this child"
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "error", message)
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed.append(trial.number)
+        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # another worker failed it first
+    return failed
+
+
+class Heartbeat:
+    """Writes the time on a running child every interval, for workers on other hosts to judge it alive."""
+
+    def __init__(self, trial: optuna.Trial, interval: float = HEARTBEAT_INTERVAL_S) -> None:
+        self.trial = trial
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True)
+
+    def beat(self) -> None:
+        while True:
+            try:
+                self.trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+            except Exception:  # the child finished meanwhile, or storage hiccup: the next beat retries
+                pass
+            if self.stop_event.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_event.set()
+        self.thread.join()

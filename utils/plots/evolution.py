@@ -1,0 +1,104 @@
+"""Evolution plots: evolve.png (fitness against each evolved hyp) and fitness.png (fitness by child)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from utils.evolution.views import write_atomic
+
+
+def point_density(x: np.ndarray, y: np.ndarray, bins: int = 20) -> np.ndarray:
+    """How crowded each point's neighbourhood is: the count of its cell in a 2-D histogram (0 for NaN points)."""
+    density = np.zeros(len(x))
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.sum() < 2:
+        return density + finite
+    counts, x_edges, y_edges = np.histogram2d(x[finite], y[finite], bins=bins)
+    x_cell = np.clip(np.digitize(x[finite], x_edges[1:-1]), 0, bins - 1)
+    y_cell = np.clip(np.digitize(y[finite], y_edges[1:-1]), 0, bins - 1)
+    density[finite] = counts[x_cell, y_cell]
+    return density
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """Rows and columns for ``count`` panels, roughly square and wider than tall (any number of keys)."""
+    columns = max(1, math.ceil(math.sqrt(count)))
+    return math.ceil(count / columns), columns
+
+
+def save_figure(figure: object, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
+
+
+def new_figure(rows: int, columns: int, panel_size: float) -> tuple[object, object]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, panel_size * rows), squeeze=False)
+    return figure, axes
+
+
+def plot_evolve(children: Sequence[FrozenTrial], keys: Sequence[str], path: Path) -> None:
+    """One scatter per evolved key: value on x, fitness on y, coloured by density; the best child is a star."""
+    import matplotlib.pyplot as plt
+
+    fitness = np.array([child.value for child in children], dtype=float)
+    best = int(np.argmax(fitness))
+    rows, columns = grid_shape(len(keys))
+    figure, axes = new_figure(rows, columns, panel_size=2.5)
+    for panel, key in zip(axes.flat, keys):
+        values = np.array([child.user_attrs["hyp"].get(key, math.nan) for child in children], dtype=float)
+        panel.scatter(values, fitness, c=point_density(values, fitness), cmap="viridis", s=12, alpha=0.8)
+        panel.plot(values[best], fitness[best], "k*", markersize=12)
+        panel.set_title(f"{key} = {values[best]:.3g}", fontsize=9)
+        panel.tick_params(labelsize=7)
+    for panel in list(axes.flat)[len(keys) :]:
+        panel.axis("off")
+    # tight_layout costs seconds on a large grid; fixed spacing fits the short titles and tick labels.
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.05, top=0.95, hspace=0.45, wspace=0.35)
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_fitness(trials: Sequence[FrozenTrial], path: Path) -> None:
+    """Fitness against child index with the running best.
+
+    Completed children are dots. Pruned children are grey crosses at their last reported fitness. Failed
+    children have no fitness: they are red triangles along the bottom edge of the plot.
+    """
+    import matplotlib.pyplot as plt
+
+    trials = sorted(trials, key=lambda trial: trial.number)
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE and trial.value is not None]
+    pruned = [trial for trial in trials if trial.state == TrialState.PRUNED and trial.intermediate_values]
+    failed = [trial for trial in trials if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus")]
+    figure, axes = new_figure(1, 1, panel_size=5)
+    panel = axes[0, 0]
+    if complete:
+        numbers = np.array([trial.number for trial in complete])
+        values = np.array([trial.value for trial in complete], dtype=float)
+        panel.plot(numbers, values, "o", markersize=4, label="completed")
+        panel.step(numbers, np.maximum.accumulate(values), where="post", color="k", label="best so far")
+    if pruned:
+        last_values = [trial.intermediate_values[max(trial.intermediate_values)] for trial in pruned]
+        panel.plot([trial.number for trial in pruned], last_values, "x", color="grey", label="pruned")
+    if failed:
+        bottom = panel.get_ylim()[0] if complete or pruned else 0.0
+        panel.plot([trial.number for trial in failed], [bottom] * len(failed), "v", color="red", label="failed")
+    panel.set_xlabel("child")
+    panel.set_ylabel("fitness")
+    if complete or pruned or failed:
+        panel.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
