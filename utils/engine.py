@@ -33,6 +33,7 @@ class StepContext:
     hyp: dict[str, float]
     device: torch.device
     batch_size: int  # the total batch across processes, as the nominal-batch rule counts it
+    nominal_batch: int  # images per optimizer step the hyp is tuned for; smaller batches accumulate up to it
     warmup_iters: int
     num_batches: int  # per epoch, per process
     amp: bool = False
@@ -75,8 +76,9 @@ def train_one_epoch(
     for batch_index, (images, targets, _paths, _shapes) in enumerate(progress):
         iteration = batch_index + context.num_batches * epoch
         settings = iteration_settings(
-            iteration, epoch, context.warmup_iters, context.scheduler, context.hyp, context.batch_size
-        )
+            iteration, epoch, context.warmup_iters, context.scheduler, context.hyp, context.batch_size,
+            context.nominal_batch,
+        )  # fmt: skip
         apply_iteration(context.optimizer, settings)
         images = images.to(context.device, non_blocking=True).float() / 255
         targets = targets.to(context.device)

@@ -35,6 +35,7 @@ class TrainOptions:
 
     epochs: int = 30
     batch_size: int = 16  # total over all processes
+    nominal_batch: int = 64  # images per optimizer step that hyp values are tuned for (yolov5's nbs)
     cfg: str = "yolov5n.yaml"
     weights: str = ""  # a .pt to transfer matching tensors from
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -100,10 +101,13 @@ def build_step_context(
     model: nn.Module, hyp: dict[str, float], options: TrainOptions, data: PreparedData, num_batches: int
 ) -> StepContext:
     """Optimizer, schedule, loss, EMA and scaler for one run, with the nominal-batch rules applied."""
-    accumulate = nominal_accumulation(options.batch_size)
-    lr0 = fit_learning_rate(hyp["lr0"], options.batch_size, options.optimizer) if options.lr_fit else hyp["lr0"]
+    nominal = options.nominal_batch
+    accumulate = nominal_accumulation(options.batch_size, nominal)
+    lr0 = hyp["lr0"]
+    if options.lr_fit:
+        lr0 = fit_learning_rate(lr0, options.batch_size, options.optimizer, nominal)
     run_hyp = {**hyp, "lr0": lr0}
-    weight_decay = scaled_weight_decay(hyp["weight_decay"], options.batch_size, accumulate)
+    weight_decay = scaled_weight_decay(hyp["weight_decay"], options.batch_size, accumulate, nominal)
     optimizer = build_optimizer(model, options.optimizer, lr0, hyp["momentum"], weight_decay)
     scheduler_params = {"warmup_epochs": hyp["warmup_epochs"], **options.scheduler}
     scheduler_name = scheduler_params.pop("name")
@@ -120,6 +124,7 @@ def build_step_context(
         hyp=run_hyp,
         device=options.device,
         batch_size=options.batch_size,
+        nominal_batch=nominal,
         warmup_iters=warmup_iterations(hyp["warmup_epochs"], num_batches),
         num_batches=num_batches,
         amp=use_amp,

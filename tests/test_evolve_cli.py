@@ -1,0 +1,61 @@
+"""A real ``train.py --evolve 3`` on tiny data: children train, every view is written, a rerun resumes toward N."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from utils.evolution.views import CSV_METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["--img", "64", "--batch", "4", "--epochs", "1", "--workers", "0", "--device", "cpu", "--noplots"]
+
+
+def run_evolve(data: Path, project: Path, children: int, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "train.py"), "--data", str(data), *TINY_ARGS, "--project", str(project),
+               "--name", "evo", "--evolve", str(children), *extra]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split(",")] for line in path.read_text().splitlines()]
+
+
+def test_train_evolve_writes_all_views_and_resumes(tiny_dataset, tmp_path):
+    first = run_evolve(tiny_dataset, tmp_path, 3)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "evo"
+    rows = csv_rows(run_dir / "evolve.csv")
+    assert rows[0][: len(CSV_METRICS)] == list(CSV_METRICS)
+    assert len(rows) == 1 + 3, "one header and one row per finished child"
+    assert (run_dir / "hyp_evolve.yaml").is_file() and (run_dir / "study.journal").is_file()
+    best = yaml.safe_load((run_dir / "hyp_evolve.yaml").read_text())
+    assert set(best) >= {"lr0", "mosaic", "anchor_t"}
+
+    again = run_evolve(tiny_dataset, tmp_path, 4, "--exist-ok")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(csv_rows(run_dir / "evolve.csv")) == 1 + 4, "rerunning resumes toward N instead of adding N more"
+
+
+def test_evolve_with_plots_draws_the_pngs(tiny_dataset, tmp_path):
+    command = [sys.executable, str(ROOT / "evolve.py"), "--data", str(tiny_dataset),
+               *[arg for arg in TINY_ARGS if arg != "--noplots"], "--project", str(tmp_path), "--name", "evo",
+               "--evolve", "2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("evolve.csv", "hyp_evolve.yaml", "evolve.png", "fitness.png"):
+        assert (tmp_path / "evo" / name).is_file(), f"missing {name}"
+
+
+def test_evolve_with_a_hyp_key_missing_from_meta_is_one_clear_error(tiny_dataset, tmp_path):
+    hyp = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
+    meta = yaml.safe_load((ROOT / "data" / "hyps" / "meta.yaml").read_text())
+    del meta["mixup"]
+    (tmp_path / "meta.yaml").write_text(yaml.safe_dump(meta))
+    (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(hyp))
+    result = run_evolve(tiny_dataset, tmp_path, 2, "--meta", str(tmp_path / "meta.yaml"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "mixup" in result.stderr
