@@ -51,6 +51,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="global training seed")
     parser.add_argument("--deterministic", action="store_true", help="ask torch for deterministic algorithms")
     parser.add_argument("--fitness", default=None, help="fitness weights, e.g. 'mAP50-95=1' (default 0.1/0.9 mAP)")
+    parser.add_argument(
+        "--gpu-augment",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="augment batches on the device (auto: on for CUDA)",
+    )
+    parser.add_argument("--nbs", type=int, default=64, help="nominal batch size: smaller batches accumulate to it")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     add_schedule_arguments(parser)
     add_evolve_arguments(parser)
@@ -63,8 +72,8 @@ def build_train_options(
     """Turn parsed CLI options into the trainer's explicit ``TrainOptions``."""
     from utils.trainer import TrainOptions
 
-    if args.epochs < 1 or args.batch_size < 1 or args.imgsz < 32:
-        raise UserError("--epochs and --batch-size must be >= 1 and --img >= 32")
+    if args.epochs < 1 or args.batch_size < 1 or args.nbs < 1 or args.imgsz < 32:
+        raise UserError("--epochs, --batch-size and --nbs must be >= 1 and --img >= 32")
     return TrainOptions(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -87,6 +96,8 @@ def build_train_options(
         plots=not args.noplots,
         fitness_weights=parse_fitness_weights(args.fitness) if args.fitness else None,
         sync_bn=args.sync_bn,
+        gpu_augment=args.gpu_augment,
+        nominal_batch=args.nbs,
         rank=rank,
         world_size=world_size,
         resume=args.resume if isinstance(args.resume, str) else None,

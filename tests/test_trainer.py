@@ -145,3 +145,21 @@ def test_close_mosaic_switches_the_dataset_off_for_the_last_epochs(prepared, hyp
     monkeypatch.setattr(trainer_module, "train_one_epoch", spy)
     train(hyp, tiny_options(epochs=3, close_mosaic=1, validate_every_epoch=False), prepared)
     assert seen == [True, True, False]
+
+
+def test_batched_device_augmentation_path_trains(prepared, hyp, monkeypatch):
+    import utils.trainer as trainer_module
+    from utils.gpu_augment import GpuAugmentLoader
+
+    loaders = []
+    original = trainer_module.build_train_loader
+
+    def spy(*args, **kwargs):
+        dataset, loader = original(*args, **kwargs)
+        loaders.append(loader)
+        return dataset, loader
+
+    monkeypatch.setattr(trainer_module, "build_train_loader", spy)
+    metrics = train(hyp, tiny_options(epochs=2, gpu_augment="on", close_mosaic=1), prepared)
+    assert isinstance(loaders[0], GpuAugmentLoader)
+    assert metrics["train/box_loss"] > 0 and 0.0 <= metrics["metrics/mAP_0.5"] <= 1.0

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from utils.autoanchor import label_wh
 from utils.data_config import DataConfig, load_data_config
 from utils.dataset import YoloDataset, build_dataloader, prepare_split
+from utils.gpu_augment import GpuBatchAugmenter
 from utils.image_cache import ImageCache
 from utils.labels import LabeledSplit
 
@@ -30,6 +31,7 @@ class PreparedData:
     val_cache: ImageCache | None = None
     anchor_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     _val_loaders: dict[tuple, DataLoader] = field(default_factory=dict, repr=False)
+    _gpu_augmenters: dict[str, GpuBatchAugmenter] = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -54,6 +56,15 @@ class PreparedData:
             seed=seed,
             image_cache=self.train_cache,
         )
+
+    def gpu_augmenter(self, hyp: dict[str, float], seed: int, device: torch.device) -> GpuBatchAugmenter:
+        """A batched on-device augmenter for the train split; its image storage is built once per device."""
+        key = str(device)
+        if key not in self._gpu_augmenters:
+            self._gpu_augmenters[key] = GpuBatchAugmenter.from_split(
+                self.train_split, self.img_size, hyp, device, image_cache=self.train_cache, seed=seed
+            )
+        return self._gpu_augmenters[key].with_hyp(hyp, seed)
 
     def val_loader(self, batch_size: int, workers: int, stride: int = 32) -> DataLoader:
         """The rectangular validation loader, built on first use and reused by later runs."""

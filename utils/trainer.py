@@ -18,7 +18,9 @@ from utils.checkpoint import load_checkpoint, transfer_weights
 from utils.dataset import build_dataloader
 from utils.ema import ModelEMA
 from utils.engine import StepContext, train_one_epoch
+from utils.errors import UserError
 from utils.fitness import fitness
+from utils.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
 from utils.loss import YoloLoss, scale_loss_gains
 from utils.optim import build_optimizer, fit_learning_rate, nominal_accumulation, scaled_weight_decay
 from utils.prepared_data import PreparedData
@@ -55,6 +57,7 @@ class TrainOptions:
     plots: bool = True
     fitness_weights: dict[str, float] | None = None
     amp: bool = True  # only ever on for CUDA
+    gpu_augment: str = "auto"  # on | off | auto (on for CUDA devices); augment batches on the device
     sync_bn: bool = False
     show_progress: bool = True
     rank: int = -1  # torchrun's global rank; -1 outside DDP
@@ -156,6 +159,31 @@ def wrap_distributed(model: nn.Module, options: TrainOptions) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def use_gpu_augment(options: TrainOptions, hyp: dict[str, float], data: PreparedData) -> bool:
+    """--gpu-augment: 'auto' augments on CUDA devices whenever the batched augmenter supports the hyp and labels."""
+    if options.gpu_augment == "off":
+        return False
+    supported = GpuBatchAugmenter.supports(hyp, data.train_split)
+    if options.gpu_augment == "on" and not supported:
+        raise UserError("--gpu-augment on: copy_paste with polygon labels needs the CPU pipeline (--gpu-augment off)")
+    return supported and (options.gpu_augment == "on" or options.device.type == "cuda")
+
+
+def build_train_loader(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> tuple:
+    """(dataset-like object with set_epoch/close_mosaic, iterable of batches) for this run's hyp."""
+    local_batch = max(options.batch_size // options.world_size, 1)
+    rank = max(options.rank, 0)
+    if use_gpu_augment(options, hyp, data):
+        augmenter = data.gpu_augmenter(hyp, options.seed, options.device)
+        return augmenter, GpuAugmentLoader(augmenter, local_batch, rank=rank, world_size=options.world_size)
+    dataset = data.train_dataset(hyp, options.batch_size, options.seed)
+    loader = build_dataloader(
+        dataset, local_batch, options.workers, shuffle=True, seed=options.seed, rank=rank,
+        world_size=options.world_size,
+    )  # fmt: skip
+    return dataset, loader
+
+
 def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_epoch_end=None) -> dict[str, float]:
     """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
 
@@ -165,17 +193,7 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
     seed_everything(options.seed + max(options.rank, 0), options.deterministic)
     model = build_detector(hyp, options, data)
     model = wrap_distributed(model, options)
-    dataset = data.train_dataset(hyp, options.batch_size, options.seed)
-    local_batch = max(options.batch_size // options.world_size, 1)
-    loader = build_dataloader(
-        dataset,
-        local_batch,
-        options.workers,
-        shuffle=True,
-        seed=options.seed,
-        rank=max(options.rank, 0),
-        world_size=options.world_size,
-    )
+    dataset, loader = build_train_loader(hyp, options, data)
     num_batches = len(loader)
     context = build_step_context(model, hyp, options, data, num_batches)
     outputs = RunOutputs(options, hyp, data, context) if options.is_main_process else None
