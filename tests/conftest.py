@@ -32,3 +32,17 @@ def default_hyp() -> dict:
     return yaml.safe_load(
         (Path(__file__).resolve().parent.parent / "data" / "hyps" / "hyp.scratch-low.yaml").read_text()
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained nano model for the shapes classes, saved as train.py saves checkpoints."""
+    from models.yolo import build_model
+    from utils.checkpoint import float_state_dict, save_checkpoint
+
+    model = build_model("yolov5n.yaml", len(SHAPE_NAMES))
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    return save_checkpoint(
+        path, model_cfg=model.yaml, num_classes=len(SHAPE_NAMES), names=list(SHAPE_NAMES),
+        model=float_state_dict(model), epoch=0, best_fitness=0.0,
+    )  # fmt: skip

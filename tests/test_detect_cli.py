@@ -13,24 +13,11 @@ import torch
 from torch import nn
 
 import detect
-from models.yolo import build_model
-from utils.checkpoint import float_state_dict, save_checkpoint
 from utils.errors import UserError
-from utils.synthetic import SHAPE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 # An untrained model scores about 1e-3 (yolov5's objectness prior), so a tiny threshold yields detections to draw.
 LOW_CONF = "0.00001"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = build_model("yolov5n.yaml", len(SHAPE_NAMES))
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    return save_checkpoint(
-        path, model_cfg=model.yaml, num_classes=len(SHAPE_NAMES), names=list(SHAPE_NAMES),
-        model=float_state_dict(model), epoch=0, best_fitness=0.0,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

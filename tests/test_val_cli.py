@@ -12,8 +12,6 @@ import torch
 from torch import nn
 
 import val
-from models.yolo import build_model
-from utils.checkpoint import float_state_dict, save_checkpoint
 from utils.coco_json import reference_map
 from utils.errors import run_cli
 from utils.metrics import MAP50_95, METRIC_KEYS, VAL_LOSS_KEYS
@@ -46,16 +44,6 @@ class OracleModel(nn.Module):
 @pytest.fixture(scope="module")
 def val_loader(tiny_dataset: Path):
     return build_loader(str(tiny_dataset), "val", IMG_SIZE, batch_size=4, workers=0, stride=32)[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = build_model("yolov5n.yaml", len(SHAPE_NAMES))
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    return save_checkpoint(
-        path, model_cfg=model.yaml, num_classes=len(SHAPE_NAMES), names=list(SHAPE_NAMES),
-        model=float_state_dict(model), epoch=0, best_fitness=0.0,
-    )  # fmt: skip
 
 
 def test_oracle_detections_score_one_in_original_pixels(val_loader, tmp_path: Path) -> None:

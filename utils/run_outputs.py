@@ -10,6 +10,7 @@ import yaml
 from torch import nn
 
 from utils.checkpoint import float_state_dict, save_checkpoint
+from utils.metrics import METRIC_KEYS, TRAIN_LOSS_KEYS, VAL_LOSS_KEYS
 from utils.plots.data import plot_batch, plot_labels
 from utils.plots.results import plot_results
 from utils.plots.training import plot_lr
@@ -21,22 +22,7 @@ if TYPE_CHECKING:
     from utils.trainer import TrainOptions
 
 LOGGER = logging.getLogger(__name__)
-RESULT_COLUMNS = (
-    "epoch",
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-    "x/lr0",
-    "x/lr1",
-    "x/lr2",
-)
+RESULT_COLUMNS = ("epoch", *TRAIN_LOSS_KEYS, *METRIC_KEYS, *VAL_LOSS_KEYS, "x/lr0", "x/lr1", "x/lr2")
 
 
 def format_csv_row(values: list[float], width: int = 20) -> str:
