@@ -113,12 +113,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def skip_without_postgres(reason: str) -> None:
+    """Skip, unless CI asked for the PostgreSQL test to run (REQUIRE_POSTGRES=1): then a missing server fails."""
+    if os.environ.get("REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL on loopback; initdb refuses root, so as root it runs as the postgres user."""
     bin_dir = postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not installed (no /usr/lib/postgresql/*/bin/initdb)")
+        skip_without_postgres("PostgreSQL server binaries not installed (no /usr/lib/postgresql/*/bin/initdb)")
     folder = Path(tempfile.mkdtemp(prefix="evolve-pg-"))  # not pytest's 0700 tmp tree: postgres must enter it
     as_user: list[str] = []
     if os.geteuid() == 0:
@@ -127,7 +134,7 @@ def postgres_url():
 
             account = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no postgres user to run initdb as")
+            skip_without_postgres("running as root and there is no postgres user to run initdb as")
         os.chown(folder, account.pw_uid, account.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     port, data = free_port(), folder / "data"
