@@ -232,12 +232,21 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
         context.scheduler.step(epoch, epoch_fitness)
-        if options.patience and epochs_without_improvement >= options.patience:
+        if agree_to_stop(options.patience and epochs_without_improvement >= options.patience, options):
             LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
             break
     if outputs is not None:
         outputs.finish(model, context)
     return metrics
+
+
+def agree_to_stop(stop: bool, options: TrainOptions) -> bool:
+    """Rank 0 decides early stopping (only it validates); under DDP every rank follows, so none waits forever."""
+    if options.world_size <= 1:
+        return bool(stop)
+    flag = torch.tensor([float(stop)], device=options.device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> dict[str, float]:
