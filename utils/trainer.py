@@ -231,8 +231,10 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
             outputs.end_epoch(epoch, metrics, improved, best_fitness, model)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
+        stop = bool(options.patience and epochs_without_improvement >= options.patience)
+        epoch_fitness, stop = share_from_main_process(epoch_fitness, stop, options)
         context.scheduler.step(epoch, epoch_fitness)
-        if agree_to_stop(options.patience and epochs_without_improvement >= options.patience, options):
+        if stop:
             LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
             break
     if outputs is not None:
@@ -240,13 +242,16 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
     return metrics
 
 
-def agree_to_stop(stop: bool, options: TrainOptions) -> bool:
-    """Rank 0 decides early stopping (only it validates); under DDP every rank follows, so none waits forever."""
+def share_from_main_process(
+    epoch_fitness: float | None, stop: bool, options: TrainOptions
+) -> tuple[float | None, bool]:
+    """Only rank 0 validates; under DDP every rank takes its fitness (for plateau) and its early-stop decision."""
     if options.world_size <= 1:
-        return bool(stop)
-    flag = torch.tensor([float(stop)], device=options.device)
-    torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
+        return epoch_fitness, stop
+    shared = torch.tensor([math.nan if epoch_fitness is None else epoch_fitness, float(stop)], device=options.device)
+    torch.distributed.broadcast(shared, src=0)
+    fitness_value = shared[0].item()
+    return (None if math.isnan(fitness_value) else fitness_value), bool(shared[1].item())
 
 
 def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> dict[str, float]:
