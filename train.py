@@ -7,7 +7,9 @@ a run sized to finish on a 2-core CPU in about 10 minutes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from utils.device import distributed_env, select_device
 from utils.errors import UserError, run_cli
 from utils.evolution import add_evolve_arguments
 from utils.fitness import parse_fitness_weights
-from utils.hyp import DEFAULT_HYP, load_hyp
+from utils.hyp import DEFAULT_HYP, check_hyp, load_hyp
 from utils.run_dir import increment_path
 from utils.schedule import add_schedule_arguments, scheduler_params_from_options
 
@@ -113,16 +115,16 @@ def recorded_options(args: argparse.Namespace) -> dict:
     }
 
 
-def resume_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """The original run's options, from the checkpoint given (or the newest last.pt under runs/)."""
+def resume_arguments(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, float]]:
+    """The original run's options and hyp, from the checkpoint given (or the newest runs/train/*/weights/last.pt)."""
     from utils.checkpoint import load_checkpoint
 
     if isinstance(args.resume, str):
         checkpoint_path = Path(args.resume)
     else:
-        candidates = sorted((ROOT / "runs").glob("**/last.pt"), key=lambda path: path.stat().st_mtime)
+        candidates = sorted((ROOT / "runs" / "train").glob("*/weights/last.pt"), key=lambda path: path.stat().st_mtime)
         if not candidates:
-            raise UserError("--resume: no runs/**/last.pt found to resume; pass the checkpoint path")
+            raise UserError("--resume: no runs/train/*/weights/last.pt found to resume; pass the checkpoint path")
         checkpoint_path = candidates[-1]
     checkpoint = load_checkpoint(checkpoint_path)
     if "training_model" not in checkpoint or not checkpoint.get("options"):
@@ -133,36 +135,50 @@ def resume_arguments(args: argparse.Namespace) -> argparse.Namespace:
     restored.resume = str(checkpoint_path)
     restored.save_dir = str(checkpoint_path.parent.parent)
     restored.device = args.device or restored.device
-    return restored
+    restored.weights = ""  # the resumed state replaces every weight; the original file may be gone
+    return restored, check_hyp(checkpoint["hyp"], source=f"{checkpoint_path} hyp")
+
+
+def check_img_size(img_size: int, stride: int = 32) -> int:
+    """Round --img up to a multiple of the largest stride, as yolov5 does, saying so when it changes."""
+    rounded = max(math.ceil(img_size / stride) * stride, stride)
+    if rounded != img_size:
+        LOGGER.warning(f"--img {img_size} must be a multiple of {stride}, using {rounded}")
+    return rounded
 
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.imgsz = check_img_size(args.imgsz)
     if args.evolve is not None:
         from utils.evolution.training_objective import evolve_training
 
         evolve_training(args)
         return
+    hyp = None
     if args.resume:
-        args = resume_arguments(args)
+        args, hyp = resume_arguments(args)
     rank, local_rank, world_size = distributed_env()
     device = select_device(args.device, local_rank)
+    hyp = hyp or load_hyp(args.hyp)
+    options = build_train_options(args, device, None, rank, world_size)  # checks the flags before any data work
     if world_size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL and barrier() must use this rank's device, not a guessed one
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    hyp = load_hyp(args.hyp)
-    save_dir = None
-    if rank in (-1, 0):
-        save_dir = Path(args.save_dir) if args.resume else increment_path(Path(args.project) / args.name, args.exist_ok)
     from utils.prepared_data import prepare_data
-    from utils.trainer import train
+    from utils.trainer import check_run, train
 
     if rank > 0:
         torch.distributed.barrier()  # let rank 0 generate/scan and write the label cache first
     data = prepare_data(args.data, args.imgsz, args.cache)
     if rank == 0:
         torch.distributed.barrier()
-    options = build_train_options(args, device, save_dir, rank, world_size)
-    metrics = train(hyp, options, data)
+    check_run(hyp, options, data)
+    save_dir = None
+    if rank in (-1, 0):
+        save_dir = Path(args.save_dir) if args.resume else increment_path(Path(args.project) / args.name, args.exist_ok)
+    metrics = train(hyp, dataclasses.replace(options, save_dir=save_dir), data)
     if rank in (-1, 0):
         summary = ", ".join(
             f"{key.split('/')[-1]} {value:.4g}" for key, value in metrics.items() if key.startswith("metrics/")

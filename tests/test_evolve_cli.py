@@ -59,3 +59,10 @@ def test_evolve_with_a_hyp_key_missing_from_meta_is_one_clear_error(tiny_dataset
     result = run_evolve(tiny_dataset, tmp_path, 2, "--meta", str(tmp_path / "meta.yaml"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "mixup" in result.stderr
+
+
+def test_evolve_with_a_bad_flag_fails_once_before_any_child(tiny_dataset, tmp_path):
+    result = run_evolve(tiny_dataset, tmp_path, 3, "--scheduler", "multistep", "--lr-milestones", "5", "2")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--lr-milestones" in result.stderr
+    assert not (tmp_path / "evo" / "evolve.csv").exists(), "no child was trained or recorded as failed"

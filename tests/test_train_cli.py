@@ -72,3 +72,14 @@ def test_ddp_two_process_gloo_run(tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "weights" / "last.pt").is_file()
     assert not (tmp_path / "ddp2").exists(), "only rank 0 creates the run folder"
+
+
+def test_noval_still_saves_every_epoch_and_odd_img_is_rounded(tiny_dataset, tmp_path):
+    args = ["--data", str(tiny_dataset), "--img", "60", "--batch", "4", "--epochs", "2", "--workers", "0",
+            "--device", "cpu", "--project", str(tmp_path), "--name", "noval", "--noval", "--noplots"]  # fmt: skip
+    result = run_train(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "using 64" in result.stderr
+    rows = (tmp_path / "noval" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2, "a row per epoch even when only the last epoch validates"
+    assert "nan" in rows[1] and "nan" not in rows[2]

@@ -66,8 +66,11 @@ class RunOutputs:
             images, targets, paths, _ = next(iter(loader))
             plot_batch(images, targets, paths, self.data.names, self.save_dir / "train_batch0.jpg")
 
-    def end_epoch(self, epoch: int, metrics: dict[str, float], improved: bool, best_fitness: float, model) -> None:
-        """Append to results.csv and save last.pt, plus best.pt when fitness improved."""
+    def end_epoch(
+        self, epoch: int, metrics: dict[str, float], improved: bool, best_fitness: float, model, final: bool
+    ) -> None:
+        """Append to results.csv (NaN for an epoch not validated) and save last.pt, plus best.pt when fitness
+        improved; with --nosave only the final epoch (last, or stopped early) saves."""
         if self.save_dir is None:
             return
         learning_rates = [group["lr"] for group in self.context.optimizer.param_groups]
@@ -77,8 +80,7 @@ class RunOutputs:
         lines.append(format_csv_row([float(row.get(name, float("nan"))) for name in RESULT_COLUMNS]))
         with csv_path.open("a") as handle:
             handle.write("\n".join(lines) + "\n")
-        final_epoch = epoch + 1 == self.options.epochs
-        if self.options.save_weights or final_epoch:
+        if self.options.save_weights or final:
             self.save_weights(model, epoch, metrics, best_fitness, improved)
 
     def save_weights(self, model: nn.Module, epoch: int, metrics: dict, best_fitness: float, improved: bool) -> None:

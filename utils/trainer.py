@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -184,6 +185,15 @@ def build_train_loader(hyp: dict[str, float], options: TrainOptions, data: Prepa
     return dataset, loader
 
 
+def check_run(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> None:
+    """Build what a run builds (model, weights, optimizer, schedule, loader choice) so that a bad flag fails now,
+    once, with its own message, and not inside every evolution child."""
+    close_mosaic_epoch(options.epochs, options.close_mosaic)
+    use_gpu_augment(options, hyp, data)
+    model = build_detector(hyp, dataclasses.replace(options, show_progress=False), data)
+    build_step_context(model, hyp, options, data, num_batches=1)
+
+
 def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_epoch_end=None) -> dict[str, float]:
     """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
 
@@ -220,20 +230,21 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
             show_progress=options.show_progress and options.is_main_process,
         )
         final_epoch = epoch + 1 == options.epochs
-        epoch_fitness = None
-        if options.is_main_process and (options.validate_every_epoch or final_epoch):
-            metrics = {**train_terms, **evaluate(context, data, options)}
-            epoch_fitness = fitness(metrics, options.fitness_weights)
-            metrics["fitness"] = epoch_fitness
-            improved = epoch_fitness > best_fitness
-            best_fitness = max(best_fitness, epoch_fitness)
-            epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
-            outputs.end_epoch(epoch, metrics, improved, best_fitness, model)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, metrics)
+        epoch_fitness, improved = None, False
+        if options.is_main_process:
+            metrics = dict(train_terms)
+            if options.validate_every_epoch or final_epoch:
+                metrics.update(evaluate(context, data, options))
+                epoch_fitness = metrics["fitness"] = fitness(metrics, options.fitness_weights)
+                improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
+                epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
         stop = bool(options.patience and epochs_without_improvement >= options.patience)
         epoch_fitness, stop = share_from_main_process(epoch_fitness, stop, options)
-        context.scheduler.step(epoch, epoch_fitness)
+        context.scheduler.step(epoch, epoch_fitness)  # before saving, so that a resume starts from this state
+        if outputs is not None:
+            outputs.end_epoch(epoch, metrics, improved, best_fitness, model, final=final_epoch or stop)
+        if on_epoch_end is not None and epoch_fitness is not None:
+            on_epoch_end(epoch, metrics)
         if stop:
             LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
             break

@@ -35,7 +35,7 @@ def evolve_training(args: argparse.Namespace) -> None:
     """Run this worker's share of the evolution described by the parsed train.py options."""
     from train import build_train_options
     from utils.prepared_data import prepare_data
-    from utils.trainer import train
+    from utils.trainer import check_run, train
 
     if distributed_env()[2] > 1:
         raise UserError("--evolve runs one process per device, not under torchrun: start one worker per --device")
@@ -54,6 +54,7 @@ def evolve_training(args: argparse.Namespace) -> None:
         data = prepare_data(args.data, args.imgsz, None)
     base_options = build_train_options(args, device, save_dir=None, rank=-1, world_size=1)
     base_options = dataclasses.replace(base_options, plots=False, show_progress=False)
+    check_run(base_hyp, base_options, data)  # a bad flag fails here once, not as a failed child each time
 
     def objective(hyp: dict[str, float], child: ChildContext) -> dict[str, float]:
         # Every child trains with the same --seed (common random numbers: the same batches and augmentation draws),
