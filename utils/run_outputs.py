@@ -15,6 +15,7 @@ from utils.plots.data import plot_batch, plot_labels
 from utils.plots.results import plot_results
 from utils.plots.training import plot_lr
 from utils.schedule import learning_rate_curve
+from utils.yolo_csv import format_header, format_row
 
 if TYPE_CHECKING:
     from utils.engine import StepContext
@@ -23,15 +24,6 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 RESULT_COLUMNS = ("epoch", *TRAIN_LOSS_KEYS, *METRIC_KEYS, *VAL_LOSS_KEYS, "x/lr0", "x/lr1", "x/lr2")
-
-
-def format_csv_row(values: list[float], width: int = 20) -> str:
-    """One yolov5-style csv line: each value ``%20.5g``, comma-separated."""
-    return ",".join(f"{value:{width}.5g}" for value in values)
-
-
-def format_csv_header(names: list[str] | tuple[str, ...], width: int = 20) -> str:
-    return ",".join(f"{name:>{width}}" for name in names)
 
 
 def training_state(model: nn.Module, context: StepContext) -> dict:
@@ -76,8 +68,8 @@ class RunOutputs:
         learning_rates = [group["lr"] for group in self.context.optimizer.param_groups]
         row = {**metrics, "epoch": epoch, **{f"x/lr{i}": lr for i, lr in enumerate(learning_rates)}}
         csv_path = self.save_dir / "results.csv"
-        lines = [] if csv_path.exists() else [format_csv_header(RESULT_COLUMNS)]
-        lines.append(format_csv_row([float(row.get(name, float("nan"))) for name in RESULT_COLUMNS]))
+        lines = [] if csv_path.exists() else [format_header(RESULT_COLUMNS)]
+        lines.append(format_row([float(row.get(name, float("nan"))) for name in RESULT_COLUMNS]))
         with csv_path.open("a") as handle:
             handle.write("\n".join(lines) + "\n")
         if self.options.save_weights or final:

@@ -12,6 +12,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from utils.yolo_csv import format_header, format_row
+
 # The 7 metric columns of yolov5's evolve.csv, in its order (fitness is computed from them, never by position).
 CSV_METRICS = (
     "metrics/precision",
@@ -24,7 +26,6 @@ CSV_METRICS = (
 )
 CSV_NAME = "evolve.csv"
 YAML_NAME = "hyp_evolve.yaml"
-FIELD = 20
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -48,13 +49,12 @@ def completed_children(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def csv_header(hyp_keys: Sequence[str]) -> str:
-    keys = (*CSV_METRICS, *hyp_keys)
-    return ("%20s," * len(keys) % keys).rstrip(",")
+    return format_header((*CSV_METRICS, *hyp_keys))
 
 
 def csv_row(metrics: dict[str, float], hyp: dict[str, float], hyp_keys: Sequence[str]) -> str:
     values = [metrics.get(name, math.nan) for name in CSV_METRICS] + [hyp.get(key, math.nan) for key in hyp_keys]
-    return ("%20.5g," * len(values) % tuple(values)).rstrip(",")
+    return format_row(values)
 
 
 def render_csv(children: Sequence[FrozenTrial], hyp_keys: Sequence[str]) -> str:
