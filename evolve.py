@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse train.py's options, force evolution (300 children unless --evolve N), and hand over to train.main."""
     import train  # lazily: training pulls in torch and the data pipeline
 
-    args = train.get_args_parser().parse_args(argv)
+    args = train.parse_args(argv)
     if args.evolve is None:
         args.evolve = 300
     train.main(args)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.data_config import DATA_FOLDER, extract_zip, load_data_config, resolve_yaml_path
+from utils.data_config import DATA_FOLDER, extract_zip, load_data_config, resolve_yaml_path, training_defaults
 from utils.errors import UserError
 
 
@@ -115,7 +115,7 @@ def test_bare_names_resolve_in_data_folder(tmp_path: Path) -> None:
         resolve_yaml_path(tmp_path / "nope.yaml")
 
 
-def test_generate_key_builds_missing_dataset_once(tmp_path: Path) -> None:
+def test_generate_key_builds_missing_or_stale_dataset_once(tmp_path: Path) -> None:
     content = {
         "path": "gen",
         "train": "images/train",
@@ -125,6 +125,14 @@ def test_generate_key_builds_missing_dataset_once(tmp_path: Path) -> None:
     }
     config = load_data_config(_write_yaml(tmp_path, content))
     assert len(config.image_files("train")) == 3 and len(config.image_files("val")) == 2
+    marker = config.root / "images" / "train" / "marker.txt"
+    marker.write_text("kept while the dataset is current")
+    load_data_config(_write_yaml(tmp_path, content))
+    assert marker.exists()
+    stamp = config.root / "generated.json"
+    stamp.write_text(stamp.read_text().replace('"version"', '"old_version"'))  # an older generator made it
+    config = load_data_config(_write_yaml(tmp_path, content))
+    assert not marker.exists() and len(config.image_files("train")) == 3
     with pytest.raises(UserError, match="key 'generate'"):
         load_data_config(_write_yaml(tmp_path, {**content, "path": "other", "generate": {"code": "rm -rf /"}}))
 
@@ -188,3 +196,31 @@ def test_file_url_download(tmp_path: Path) -> None:
     content = {"path": "remote", "train": "images/train", "val": "images/train", "names": ["a"]}
     config = load_data_config(_write_yaml(tmp_path, {**content, "download": archive.as_uri()}))
     assert len(config.image_files("val")) == 1
+
+
+def test_training_defaults_are_checked_and_hyp_resolves_beside_the_yaml(tmp_path: Path) -> None:
+    base = {"path": "d", "train": "images", "val": "images", "names": ["a"]}
+    assert training_defaults(_write_yaml(tmp_path, base)) == {}
+    defaults = {"hyp": "hyps/h.yaml", "optimizer": "AdamW", "epochs": 40, "nbs": 16, "close_mosaic": 5}
+    assert training_defaults(_write_yaml(tmp_path, {**base, "defaults": defaults})) == {
+        **defaults,
+        "hyp": str((tmp_path / "hyps" / "h.yaml").resolve()),
+    }
+    for bad, message in [
+        ([1], "must be a mapping"),
+        ({"batch_size": 8}, "unknown key 'batch_size'"),
+        ({"epochs": "40"}, "'epochs' must be an integer"),
+        ({"epochs": True}, "'epochs' must be an integer"),
+        ({"hyp": 3}, "'hyp' must be a string"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            training_defaults(_write_yaml(tmp_path, {**base, "defaults": bad}))
+
+
+def test_builtin_shapes_yaml_recommends_a_valid_evolvable_hyp() -> None:
+    from utils.evolution import load_meta, validate_search_space
+    from utils.hyp import load_hyp
+
+    defaults = training_defaults("shapes.yaml")
+    assert defaults["optimizer"] == "AdamW" and defaults["nbs"] == 16
+    validate_search_space(load_hyp(str(defaults["hyp"])), load_meta())  # every key present and inside its bounds

@@ -83,3 +83,17 @@ def test_noval_still_saves_every_epoch_and_odd_img_is_rounded(tiny_dataset, tmp_
     rows = (tmp_path / "noval" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2, "a row per epoch even when only the last epoch validates"
     assert "nan" in rows[1] and "nan" not in rows[2]
+
+
+def test_data_yaml_defaults_fill_only_the_options_left_out(tmp_path):
+    import train
+
+    data = tmp_path / "d.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: [a]\n"
+                    "defaults: {hyp: h.yaml, optimizer: AdamW, epochs: 7}\n")  # fmt: skip
+    args = train.parse_args(["--data", str(data)])
+    assert (args.hyp, args.optimizer, args.epochs) == (str(tmp_path / "h.yaml"), "AdamW", 7)
+    args = train.parse_args(["--data", str(data), "--epochs", "3", "--optimizer", "SGD", "--hyp", "x.yaml"])
+    assert (args.hyp, args.optimizer, args.epochs) == ("x.yaml", "SGD", 3)
+    coco = train.parse_args(["--data", "coco128.yaml"])  # yolov5's defaults where the data yaml names none
+    assert (Path(coco.hyp).name, coco.optimizer, coco.batch_size) == ("hyp.scratch-low.yaml", "SGD", 16)

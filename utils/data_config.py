@@ -19,6 +19,8 @@ IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".d
 SPLIT_NAMES = ("train", "val", "test")
 DATA_FOLDER = Path(__file__).resolve().parent.parent / "data"
 GENERATE_KEYS = {"seed", "train", "val", "img_size"}
+# train.py options a data yaml may recommend under ``defaults:`` (used only where the command line is silent)
+TRAIN_DEFAULT_TYPES = {"hyp": str, "optimizer": str, "epochs": int, "nbs": int, "close_mosaic": int}
 DOWNLOAD_SCHEMES = {"http", "https", "file"}
 
 
@@ -115,16 +117,20 @@ def _missing_sources(splits: dict[str, list[Path]]) -> list[tuple[str, Path]]:
 
 
 def load_data_config(path: str | Path) -> DataConfig:
-    """Parse a data yaml; generate (``generate:``) or download (``download:``) the dataset if its files are missing."""
+    """Parse a data yaml; download (``download:``) the dataset if its files are missing.
+
+    A ``generate:`` dataset is (re)made when missing or made by an older generator version.
+    """
     yaml_path = resolve_yaml_path(path)
     content = _read_yaml(yaml_path)
     names = _parse_names(content, yaml_path)
     root = _resolve_root(content, yaml_path)
     splits = _split_sources(content, root, yaml_path)
-    if _missing_sources(splits):
-        if content.get("generate") is not None:
-            _generate(content["generate"], root, yaml_path)
-        elif content.get("download") is not None:
+    if content.get("generate") is not None:  # (re)generate when missing, or made by another generator version
+        _generate(content["generate"], root, yaml_path)
+        splits = _split_sources(content, root, yaml_path)
+    elif _missing_sources(splits):
+        if content.get("download") is not None:
             download_zip(content["download"], root.parent, yaml_path)
         splits = _split_sources(content, root, yaml_path)  # entries may now resolve to a different candidate
     missing = _missing_sources(splits)
@@ -134,27 +140,58 @@ def load_data_config(path: str | Path) -> DataConfig:
     return DataConfig(yaml_path=yaml_path, root=root, splits=splits, names=names, raw=content)
 
 
+def training_defaults(path: str | Path) -> dict[str, object]:
+    """The train.py options a data yaml recommends in its optional ``defaults:`` mapping, checked.
+
+    Keys are train.py option names with underscores (``hyp``, ``optimizer``, ``epochs``, ``nbs``, ``close_mosaic``).
+    A relative ``hyp`` resolves against the yaml's folder. Nothing is generated or downloaded here.
+    """
+    yaml_path = resolve_yaml_path(path)
+    defaults = _read_yaml(yaml_path).get("defaults")
+    if defaults is None:
+        return {}
+    if not isinstance(defaults, dict):
+        raise UserError(f"{yaml_path}: key 'defaults' must be a mapping of train.py options")
+    checked: dict[str, object] = {}
+    for key, value in defaults.items():
+        expected = TRAIN_DEFAULT_TYPES.get(key)
+        if expected is None:
+            raise UserError(f"{yaml_path}: 'defaults' has unknown key {key!r}; use {sorted(TRAIN_DEFAULT_TYPES)}")
+        if isinstance(value, bool) or not isinstance(value, expected):
+            kind = "an integer" if expected is int else "a string"
+            raise UserError(f"{yaml_path}: 'defaults' key {key!r} must be {kind}, got {value!r}")
+        checked[key] = value
+    if "hyp" in checked and not Path(str(checked["hyp"])).is_absolute():
+        checked["hyp"] = str((yaml_path.parent / str(checked["hyp"])).resolve())
+    return checked
+
+
 def _generate(options: object, root: Path, yaml_path: Path) -> None:
-    """Build the synthetic dataset described by a ``generate:`` mapping (data only, never code)."""
-    from utils.synthetic import generate_dataset  # only needed on first use
+    """Build the synthetic dataset described by a ``generate:`` mapping (data only, never code).
+
+    Nothing happens when ``root`` already holds what this generator version makes from these options.
+    """
+    from utils.synthetic import generate_dataset, is_generated
 
     if not isinstance(options, dict) or set(options) - GENERATE_KEYS:
         raise UserError(f"{yaml_path}: key 'generate' must be a mapping with keys from {sorted(GENERATE_KEYS)}")
     if not all(isinstance(value, int) and value >= 0 for value in options.values()):
         raise UserError(f"{yaml_path}: key 'generate' values must be non-negative integers")
+    arguments = {
+        "seed": options.get("seed", 0),
+        "num_train": options.get("train", 400),
+        "num_val": options.get("val", 100),
+        "img_size": options.get("img_size", 256),
+    }
+    if is_generated(root, **arguments):
+        return
     root.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (one per GPU in an evolve run) may start together: one generates, the others wait.
     with FileLock(str(root.parent / f".{root.name}.lock")):
-        if all((root / "images" / split).is_dir() for split in ("train", "val")):
+        if is_generated(root, **arguments):
             return  # another process generated it while this one waited
         print(f"Generating dataset {root} ...")
-        generate_dataset(
-            root,
-            seed=options.get("seed", 0),
-            num_train=options.get("train", 400),
-            num_val=options.get("val", 100),
-            img_size=options.get("img_size", 256),
-        )
+        generate_dataset(root, **arguments)
 
 
 def _check_download_url(url: object, yaml_path: Path) -> str:

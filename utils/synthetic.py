@@ -3,10 +3,16 @@
 Every image is drawn from its own generator seeded with ``[seed, split, index]``, so a dataset is reproducible
 and any single image can be regenerated alone. Boxes are the tight extent of each object's *visible* pixels
 (after later objects occlude it). Only box labels are written, so copy-paste is a no-op on this dataset.
+
+Difficulty is tuned so that the nano model, trained from scratch, learns it within a CPU budget: objects span
+8 px to half the image, but only SMALL_OBJECT_FRACTION of them are below 16 px; most objects of a class share a
+vivid hue band (colour is a strong cue, shape settles the rest); and distractors take any colour.
+GENERATOR_VERSION is stamped into every generated folder, so a change here regenerates older copies.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -18,10 +24,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+GENERATOR_VERSION = 2  # bump with any change that alters the drawn data, so older copies are regenerated
+STAMP_FILE = "generated.json"  # written last into a generated dataset: what made it
 SHAPE_NAMES = ["circle", "ring", "square", "triangle", "star", "cross", "hexagon", "arrow"]
 EMPTY_IMAGE_FRACTION = 0.05
 MIN_VISIBLE_FRACTION = 0.5  # an earlier object may lose at most half of its pixels to later ones
 MIN_OBJECT_SIZE = 8
+SMALL_OBJECT_SIZE = 16  # objects below this many pixels are drawn, but rarely: their class is barely visible
+SMALL_OBJECT_FRACTION = 0.15
+MAX_OBJECTS = 6
+CLASS_HUE_FRACTION = 0.9  # share of objects drawn in their class's hue band; colour is a cue, not the answer
+CLASS_COLOUR_MIN_SATURATION_VALUE = 110  # class-band colours are vivid enough for their hue to show
+CLASS_HUE_SPREAD = 8  # half width of a class's hue band, OpenCV hue units (180 = full circle; bands are 22.5 apart)
 JPEG_QUALITY_RANGE = (70, 96)
 CHUNK = 50  # images per process task
 MAX_PROCESSES = 8
@@ -87,9 +101,21 @@ def _smooth_noise(height: int, width: int, rng: np.random.Generator, cells: int)
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
 
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(40, 256), rng.integers(40, 256)]]], dtype=np.uint8)
+def _random_colour(rng: np.random.Generator, hue: float | None = None, low: int = 40) -> np.ndarray:
+    """A BGR colour of random saturation and value (from ``low``); of random hue unless ``hue`` (OpenCV units,
+    0-180) is given."""
+    hue = rng.integers(0, 180) if hue is None else hue % 180
+    hsv = np.array([[[hue, rng.integers(low, 256), rng.integers(low, 256)]]], dtype=np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def _object_colour(class_index: int, rng: np.random.Generator) -> np.ndarray:
+    """Most objects of a class share a hue band (as stop signs are mostly red); the rest take any hue."""
+    if rng.random() >= CLASS_HUE_FRACTION:
+        return _random_colour(rng)
+    centre = class_index * 180 / len(SHAPE_NAMES)
+    hue = round(centre + rng.uniform(-CLASS_HUE_SPREAD, CLASS_HUE_SPREAD))
+    return _random_colour(rng, hue=hue, low=CLASS_COLOUR_MIN_SATURATION_VALUE)
 
 
 def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,7 +179,7 @@ def _object_patch(name: str, size: float, rng: np.random.Generator) -> tuple[np.
         thickness = max(2, int(size * rng.uniform(0.1, 0.18)))
         mask[:] = 0
         cv2.polylines(mask, [polygon], True, 255, thickness, cv2.LINE_AA, shift)
-    colour = np.broadcast_to(_random_colour(rng), (side, side, 3)).copy()
+    colour = np.broadcast_to(_object_colour(SHAPE_NAMES.index(name), rng), (side, side, 3)).copy()
     texture = rng.random()
     if texture < 0.3:  # gradient fill
         colour *= np.linspace(rng.uniform(0.5, 1.0), rng.uniform(0.8, 1.3), side, dtype=np.float32)[None, :, None]
@@ -208,12 +234,14 @@ def render_image(height: int, width: int, rng: np.random.Generator) -> tuple[np.
     """Draw one image -> (BGR uint8 (h, w, 3), labels float32 (n, 5) [cls, x, y, w, h] normalised)."""
     image = _background(height, width, rng)
     _draw_clutter(image, rng)
-    num_objects = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(1, 9))
+    num_objects = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(1, MAX_OBJECTS + 1))
     classes, masks, visible, full = [], [], [], []  # masks: bool (h, w) of each object's still-visible pixels
-    largest = max(MIN_OBJECT_SIZE + 1, 0.5 * max(height, width))
+    largest = max(SMALL_OBJECT_SIZE + 1, 0.5 * max(height, width))
     for _ in range(num_objects):
         class_index = int(rng.integers(len(SHAPE_NAMES)))
-        size = float(np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(largest))))
+        small = rng.random() < SMALL_OBJECT_FRACTION
+        low, high = (MIN_OBJECT_SIZE, SMALL_OBJECT_SIZE) if small else (SMALL_OBJECT_SIZE, largest)
+        size = float(np.exp(rng.uniform(np.log(low), np.log(high))))
         colour, alpha = _object_patch(SHAPE_NAMES[class_index], size, rng)
         solid = alpha > 0.5
         placed = _try_place((height, width), solid, masks, visible, full, rng)
@@ -301,6 +329,8 @@ def generate_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         _write_splits(staging, {"train": num_train, "val": num_val}, seed, img_size)
+        stamp = generation_stamp(seed=seed, num_train=num_train, num_val=num_val, img_size=img_size)
+        (staging / STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True) + "\n")
         if root.exists():
             shutil.rmtree(root)
         os.replace(staging, root)
@@ -308,3 +338,17 @@ def generate_dataset(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def generation_stamp(seed: int, num_train: int, num_val: int, img_size: int) -> dict[str, int]:
+    """What identifies a generated dataset: the generator version and its options."""
+    return {"version": GENERATOR_VERSION, "seed": seed, "train": num_train, "val": num_val, "img_size": img_size}
+
+
+def is_generated(root: str | Path, seed: int, num_train: int, num_val: int, img_size: int) -> bool:
+    """True if ``root`` holds a dataset this generator version made with these options."""
+    try:
+        stamp = json.loads((Path(root) / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp == generation_stamp(seed=seed, num_train=num_train, num_val=num_val, img_size=img_size)
