@@ -73,3 +73,16 @@ def test_process_pool_generation_matches_serial(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(synthetic, "CHUNK", 2)
     parallel = _files(generate_dataset(tmp_path / "parallel", seed=2, num_train=4, num_val=2, img_size=64))
     assert serial == parallel
+
+
+def test_most_objects_of_a_class_share_its_hue_band() -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for class_index in (0, 3, 7):
+        colours = np.stack([synthetic._object_colour(class_index, rng) for _ in range(400)]).astype(np.uint8)
+        hue = cv2.cvtColor(colours[None], cv2.COLOR_BGR2HSV)[0, :, 0].astype(float)
+        centre = class_index * 180 / len(SHAPE_NAMES)
+        distance = np.abs((hue - centre + 90) % 180 - 90)
+        in_band = (distance <= synthetic.CLASS_HUE_SPREAD + 1).mean()
+        assert synthetic.CLASS_HUE_FRACTION - 0.06 < in_band < 0.99  # a cue, but some objects take any hue
