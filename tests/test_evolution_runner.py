@@ -195,7 +195,7 @@ def test_evolve_main_forwards_to_train(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(train, "main", lambda args: seen.update(vars(args)))
-    evolve.main(["--data", "x.yaml"])
-    assert seen["evolve"] == 300 and seen["data"] == "x.yaml"
+    evolve.main(["--data", "coco128.yaml"])
+    assert seen["evolve"] == 300 and seen["data"] == "coco128.yaml"
     evolve.main(["--evolve", "30", "--sampler", "tpe"])
     assert seen["evolve"] == 30 and seen["sampler"] == "tpe"
