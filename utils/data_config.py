@@ -190,7 +190,8 @@ def _generate(options: object, root: Path, yaml_path: Path) -> None:
     with FileLock(str(root.parent / f".{root.name}.lock")):
         if is_generated(root, **arguments):
             return  # another process generated it while this one waited
-        print(f"Generating dataset {root} ...")
+        stale = " (replacing a copy made by another generator version or options)" if root.exists() else ""
+        print(f"Generating dataset {root}{stale} ...")
         generate_dataset(root, **arguments)
 
 
