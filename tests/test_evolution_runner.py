@@ -199,3 +199,15 @@ def test_evolve_main_forwards_to_train(monkeypatch):
     assert seen["evolve"] == 300 and seen["data"] == "coco128.yaml"
     evolve.main(["--evolve", "30", "--sampler", "tpe"])
     assert seen["evolve"] == 30 and seen["sampler"] == "tpe"
+
+
+def test_workers_with_another_optimizer_or_nominal_batch_cannot_join(tmp_path):
+    import train
+    from utils.evolution.training_objective import evolution_setup
+
+    first = evolution_setup(train.parse_args(["--evolve", "2"]))
+    assert first["optimizer"] == "AdamW" and first["nbs"] == 16  # shapes.yaml's recommended recipe
+    run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, setup=first, plots=False)
+    sgd = evolution_setup(train.parse_args(["--evolve", "2", "--optimizer", "SGD", "--nbs", "64"]))
+    with pytest.raises(UserError, match="different nbs, optimizer"):
+        run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup=sgd, plots=False)

@@ -65,9 +65,20 @@ def evolve_training(args: argparse.Namespace) -> None:
         report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if args.prune else None
         return train(hyp, options, data, on_epoch_end=report)
 
-    setup = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
     run(
         objective, base_hyp, run_dir=run_dir, study_name=args.name, seed=args.seed,
-        fitness_weights=base_options.fitness_weights, plots=not args.noplots, setup=setup, **evolution,
+        fitness_weights=base_options.fitness_weights, plots=not args.noplots, setup=evolution_setup(args), **evolution,
     )  # fmt: skip
     LOGGER.info(f"evolution views in {run_dir}: evolve.csv, hyp_evolve.yaml, evolve.png, fitness.png")
+
+
+def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
+    """What every child of one study must share: a worker started with other values may not join it."""
+    return {
+        "data": str(args.data),
+        "cfg": str(args.cfg),
+        "img": args.imgsz,
+        "epochs": args.epochs,
+        "optimizer": str(args.optimizer),
+        "nbs": args.nbs,
+    }
