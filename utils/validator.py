@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,34 +36,13 @@ class Validation:
         return format_class_table(self.results, per_class)
 
 
-def validate(
-    model: nn.Module,
-    dataloader: Iterable,
-    names: list[str],
-    *,
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.6,
-    max_det: int = 300,
-    device: torch.device | str = "cpu",
-    loss_fn: LossFunction | None = None,
-    half: bool = False,
-    save_dir: Path | None = None,
-    plots: bool = False,
-    save_json: bool = False,
-    save_txt: bool = False,
-    verbose: bool = False,
-    max_detections_per_image: int | None = None,
-) -> dict[str, float]:
+def validate(model: nn.Module, dataloader: Iterable, names: list[str], **options: Any) -> dict[str, float]:
     """Score ``model`` on ``dataloader``: the four metric names plus val/*_loss when ``loss_fn`` is given.
 
-    Silent unless ``verbose`` (then the per-class table is printed); training calls this every epoch.
-    ``max_detections_per_image`` keeps only the top N per image and class when scoring (COCO uses 100).
+    Takes ``run_validation``'s keyword options. Silent unless ``verbose`` (then the per-class table is printed);
+    training calls this every epoch.
     """
-    return run_validation(
-        model, dataloader, names, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, device=device,
-        loss_fn=loss_fn, half=half, save_dir=save_dir, plots=plots, save_json=save_json, save_txt=save_txt,
-        verbose=verbose, max_detections_per_image=max_detections_per_image,
-    ).metrics  # fmt: skip
+    return run_validation(model, dataloader, names, **options).metrics
 
 
 @torch.no_grad()
@@ -84,7 +64,10 @@ def run_validation(
     verbose: bool = False,
     max_detections_per_image: int | None = None,
 ) -> Validation:
-    """``validate`` with the details val.py needs: the accumulator, per-class results, timings and COCO json."""
+    """``validate`` with the details val.py needs: the accumulator, per-class results, timings and COCO json.
+
+    ``max_detections_per_image`` keeps only the top N per image and class when scoring (COCO uses 100).
+    """
     device = torch.device(device)
     # Autocast instead of model.half(): training passes its EMA model, which must stay float32.
     use_autocast = half and device.type == "cuda"
