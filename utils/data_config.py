@@ -169,9 +169,10 @@ def training_defaults(path: str | Path) -> dict[str, object]:
 def _generate(options: object, root: Path, yaml_path: Path) -> None:
     """Build the synthetic dataset described by a ``generate:`` mapping (data only, never code).
 
-    Nothing happens when ``root`` already holds what this generator version makes from these options.
+    Nothing happens when ``root`` already holds what this generator version makes from these options. A folder
+    that the generator did not make (no stamp) and that is not empty is refused, never replaced.
     """
-    from utils.synthetic import generate_dataset, is_generated
+    from utils.synthetic import check_replaceable, generate_dataset, is_generated
 
     if not isinstance(options, dict) or set(options) - GENERATE_KEYS:
         raise UserError(f"{yaml_path}: key 'generate' must be a mapping with keys from {sorted(GENERATE_KEYS)}")
@@ -185,11 +186,14 @@ def _generate(options: object, root: Path, yaml_path: Path) -> None:
     }
     if is_generated(root, **arguments):
         return
+    hint = f"point 'path' in {yaml_path} at a new or empty folder, or move {root} away first"
+    check_replaceable(root, hint)  # fail before waiting on the lock; checked again under it
     root.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (one per GPU in an evolve run) may start together: one generates, the others wait.
     with FileLock(str(root.parent / f".{root.name}.lock")):
         if is_generated(root, **arguments):
             return  # another process generated it while this one waited
+        check_replaceable(root, hint)
         stale = " (replacing a copy made by another generator version or options)" if root.exists() else ""
         print(f"Generating dataset {root}{stale} ...")
         generate_dataset(root, **arguments)

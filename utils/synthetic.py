@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.errors import UserError
+
 GENERATOR_VERSION = 2  # bump with any change that alters the drawn data, so older copies are regenerated
 STAMP_FILE = "generated.json"  # written last into a generated dataset: what made it
 SHAPE_NAMES = ["circle", "ring", "square", "triangle", "star", "cross", "hexagon", "arrow"]
@@ -322,9 +324,11 @@ def generate_dataset(
     """Write the shapes dataset in coco128 layout (images/{train,val}, labels/{train,val}) under ``root``.
 
     The folder appears atomically: it is built in a sibling temporary folder and renamed, so a reader never
-    sees half a dataset. An existing ``root`` is replaced.
+    sees half a dataset. An existing ``root`` is replaced only if this generator made it (it carries the stamp)
+    or it is empty; anything else raises ``UserError`` (see ``check_replaceable``).
     """
     root = Path(root)
+    check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
@@ -338,6 +342,22 @@ def generate_dataset(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def check_replaceable(root: Path, hint: str = "use a new or empty folder") -> None:
+    """Raise ``UserError`` unless ``root`` is absent, an empty folder, or a dataset this generator stamped.
+
+    A folder without our stamp may be the user's own dataset: it is never deleted, whatever a data yaml says.
+    """
+    if not root.exists() and not root.is_symlink():
+        return
+    if root.is_dir() and not root.is_symlink():
+        if (root / STAMP_FILE).is_file() or not any(root.iterdir()):
+            return
+        reason = f"it holds files the shapes generator did not make (no {STAMP_FILE})"
+    else:
+        reason = "it is a file or a link, not a folder the shapes generator made"
+    raise UserError(f"refusing to replace {root} with generated data: {reason}; {hint}")
 
 
 def generation_stamp(seed: int, num_train: int, num_val: int, img_size: int) -> dict[str, int]:
