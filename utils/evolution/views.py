@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -26,6 +28,9 @@ CSV_METRICS = (
 )
 CSV_NAME = "evolve.csv"
 YAML_NAME = "hyp_evolve.yaml"
+EVOLVE_PLOT_NAME = "evolve.png"
+FITNESS_PLOT_NAME = "fitness.png"
+VIEW_RECORD_NAME = ".views.json"  # sha256 of each view as this evolution last wrote it
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -80,17 +85,84 @@ def render_best_yaml(children: Sequence[FrozenTrial], hyp_keys: Sequence[str]) -
     return "\n".join(comments) + "\n\n" + yaml.safe_dump(hyp, sort_keys=False)
 
 
+class OwnedViews:
+    """The view files of one run folder that this evolution wrote, told apart from files it did not write.
+
+    Each view's sha256 is recorded in ``.views.json`` after it is written. A view file found with another content
+    (a yolov5 ``evolve.csv`` copied into the folder, a file a user edited) is moved to a free backup name such as
+    ``evolve.backup.csv`` with a console line, never overwritten. Call under the run lock.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.record_path = run_dir / VIEW_RECORD_NAME
+        try:
+            recorded = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        self.hashes: dict[str, str] = recorded if isinstance(recorded, dict) else {}
+
+    def claim(self, name: str, content: str | bytes | None = None) -> Path:
+        """The path to write view ``name`` to, after moving aside a file there that this evolution did not write.
+
+        A file whose bytes equal the ``content`` about to be written is kept in place: nothing would be lost.
+        """
+        path = self.run_dir / name
+        if not path.is_file():
+            return path
+        existing = path.read_bytes()
+        new = content.encode() if isinstance(content, str) else content
+        if self.hashes.get(name) == sha256(existing) or existing == new:
+            return path
+        backup = free_backup_path(path)
+        os.replace(path, backup)
+        hint = f"; import it with --evolve-from {backup}" if name == CSV_NAME else ""
+        print(f"evolve: {path} was not written by this evolution: kept as {backup.name}{hint}", flush=True)
+        return path
+
+    def write(self, name: str, content: str | bytes) -> None:
+        write_atomic(self.claim(name, content), content)
+        self.written(name)
+
+    def written(self, name: str) -> None:
+        self.hashes[name] = sha256((self.run_dir / name).read_bytes())
+
+    def save(self) -> None:
+        write_atomic(self.record_path, json.dumps(self.hashes, indent=1, sort_keys=True) + "\n")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def free_backup_path(path: Path) -> Path:
+    """``evolve.csv`` -> the first of ``evolve.backup.csv``, ``evolve.backup2.csv``, ... that does not exist."""
+    number = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}.backup{number if number > 1 else ''}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        number += 1
+
+
 def write_views(
     study: optuna.Study, run_dir: Path, hyp_keys: Sequence[str], evolved_keys: Sequence[str], plots: bool = True
 ) -> None:
-    """Regenerate every view from the study; call under the run lock so writers never interleave."""
+    """Regenerate every view from the study; call under the run lock so writers never interleave.
+
+    A view file this evolution did not write is kept under a backup name (``OwnedViews``), never overwritten.
+    """
     children = completed_children(study)
-    write_atomic(run_dir / CSV_NAME, render_csv(children, hyp_keys))
+    views = OwnedViews(run_dir)
+    views.write(CSV_NAME, render_csv(children, hyp_keys))
     if children:
-        write_atomic(run_dir / YAML_NAME, render_best_yaml(children, hyp_keys))
+        views.write(YAML_NAME, render_best_yaml(children, hyp_keys))
     if plots:
         from utils.plots.evolution import plot_evolve, plot_fitness  # matplotlib only when plotting
 
         if children:
-            plot_evolve(children, evolved_keys, run_dir / "evolve.png")
-        plot_fitness(study.get_trials(deepcopy=False), run_dir / "fitness.png")
+            plot_evolve(children, evolved_keys, views.claim(EVOLVE_PLOT_NAME))
+            views.written(EVOLVE_PLOT_NAME)
+        plot_fitness(study.get_trials(deepcopy=False), views.claim(FITNESS_PLOT_NAME))
+        views.written(FITNESS_PLOT_NAME)
+    views.save()
