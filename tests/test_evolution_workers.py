@@ -18,6 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from utils.errors import UserError
 from utils.evolution.runner import compute_fitness
 from utils.evolution.storage import open_storage
 from utils.evolution.views import CSV_METRICS
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow  # starts worker processes (each imports torch thr
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "evolve_worker.py"
 WORKERS = 4
+POSTGRES_PASSWORD = "evolve-secret"
 CHILDREN = 12
 TIMEOUT_S = 240
 
@@ -142,12 +144,18 @@ def postgres_url():
     def call(*command: str) -> None:
         subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
 
-    call(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    password_file = folder / "password"
+    password_file.write_text(f"{POSTGRES_PASSWORD}\n")
+    if as_user:
+        os.chown(password_file, account.pw_uid, account.pw_gid)
+    # Password authentication over TCP, as on a real shared server; the local socket (createdb) trusts.
+    call(str(bin_dir / "initdb"), "-D", str(data), "--auth-local=trust", "--auth-host=scram-sha-256",
+         f"--pwfile={password_file}", "-U", "postgres", "--no-sync")  # fmt: skip
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
     call(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o", options, "start")
     try:
-        call(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "evolve")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/evolve"
+        call(str(bin_dir / "createdb"), "-h", str(folder), "-p", str(port), "-U", "postgres", "evolve")
+        yield f"postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{port}/evolve"  # the README's form
     finally:
         call(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
@@ -158,6 +166,44 @@ def test_four_workers_share_one_postgres_study(tmp_path, postgres_url):
     run_dir = tmp_path / "evo"
     extra = ("--storage", postgres_url, "--study-name", "pg-evo")
     finish([start_worker(run_dir, CHILDREN, *extra) for _ in range(WORKERS)])
-    study = optuna.load_study(study_name="pg-evo", storage=postgres_url)
+    study = optuna.load_study(study_name="pg-evo", storage=open_storage(run_dir, postgres_url))
     check_shared_study(run_dir, study, CHILDREN)
     assert not (run_dir / "study.journal").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda url: url.replace(POSTGRES_PASSWORD, "wrong"), "password authentication failed for user 'postgres'"),
+        (lambda url: url.rsplit("/", 1)[0] + "/nosuchdb", "database 'nosuchdb' does not exist"),
+    ],
+)
+def test_postgres_errors_name_the_problem_and_the_server(tmp_path, postgres_url, change, message):
+    port = postgres_url.rsplit(":", 1)[1].split("/")[0]
+    with pytest.raises(UserError) as error:
+        open_storage(tmp_path, change(postgres_url))
+    assert message in str(error.value) and f"127.0.0.1:{port}" in str(error.value)
+    assert POSTGRES_PASSWORD not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unreachable_postgres_server_is_one_line_with_host_and_port(tmp_path):
+    port = free_port()  # nothing listens there
+    with pytest.raises(UserError) as error:
+        open_storage(tmp_path, f"postgresql://user:pw@127.0.0.1:{port}/evolve")
+    assert f"cannot reach a PostgreSQL server at 127.0.0.1:{port}" in str(error.value)
+    assert ":pw@" not in str(error.value)
+
+
+@pytest.mark.postgres
+def test_readme_postgres_command_trains_children(tmp_path, postgres_url, tiny_dataset):
+    """The README's multi-machine command, as written (a plain postgresql:// URL), on tiny data."""
+    command = [sys.executable, str(ROOT / "train.py"), "--evolve", "2", "--epochs", "1", "--img", "64", "--batch", "4",
+               "--workers", "0", "--device", "cpu", "--data", str(tiny_dataset), "--name", "evo-pg",
+               "--project", str(tmp_path), "--storage", postgres_url, "--noplots"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines, _ = read_csv(tmp_path / "evo-pg")
+    assert len(lines) == 1 + 2
+    study = optuna.load_study(study_name="evo-pg", storage=open_storage(tmp_path, postgres_url))
+    assert sum(trial.state == TrialState.COMPLETE for trial in study.trials) == 2

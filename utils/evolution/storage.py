@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -23,6 +25,9 @@ HEARTBEAT_INTERVAL_S = 60.0
 # A RUNNING child on another host whose heartbeat is older than this is considered dead.
 HEARTBEAT_GRACE_S = 600.0
 WORKER_ATTR = "worker"
+POSTGRES_SCHEMES = {"postgresql", "postgres"}  # without a driver name
+POSTGRES_DRIVER = "postgresql+psycopg2"
+DEFAULT_POSTGRES_PORT = 5432
 HEARTBEAT_ATTR = "heartbeat"
 
 
@@ -32,17 +37,67 @@ def run_lock(run_dir: Path) -> FileLock:
 
 
 def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStorage:
-    """``storage=None``: a journal file in the run folder (many local processes, NFS-safe); else an RDB URL."""
+    """``storage=None``: a journal file in the run folder (many local processes, NFS-safe); else an RDB URL.
+
+    Opening reads the journal or connects to the database, so a damaged journal or an unreachable server is
+    reported here, as one line."""
     if storage is None:
         journal = str(run_dir / JOURNAL_NAME)
         # O_CREAT|O_EXCL lock files are atomic on local disks and NFSv3+, unlike fcntl locks on NFS.
-        return JournalStorage(JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
-    if "://" not in storage:
-        raise UserError(f"--storage must be a database URL such as postgresql://user@host/db (got {storage!r})")
+        backend = JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal))
+        try:
+            return JournalStorage(backend)  # replays the whole journal
+        except ValueError as error:  # json.JSONDecodeError is a ValueError, as is Optuna's "Invalid log format."
+            raise damaged_journal_error(Path(journal), error) from None
+    url = database_url(storage)
     try:
-        return RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
+        return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs={"pool_pre_ping": True})
     except Exception as error:  # SQLAlchemy raises many types; the message is what the user needs
-        raise UserError(f"cannot open storage {storage}: {str(error).splitlines()[0]}") from None
+        raise UserError(storage_error(storage, url, error)) from None
+
+
+def check_storage(run_dir: Path, storage: str | None) -> None:
+    """Open the study's storage once, early: a damaged journal or an unreachable database fails before any data is
+    scanned. Creates nothing: a journal that does not exist yet is left to the first worker."""
+    if storage is not None or (run_dir / JOURNAL_NAME).is_file():
+        open_storage(run_dir, storage)
+
+
+def database_url(storage: str) -> sqlalchemy.engine.URL:
+    """Parse ``--storage``; a plain ``postgresql://`` (or ``postgres://``) URL uses psycopg2, which requirements.txt
+    installs (SQLAlchemy 2 would otherwise pick psycopg 3)."""
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError:
+        message = f"--storage must be a database URL such as postgresql://user@host/db (got {storage!r})"
+        raise UserError(message) from None
+    if url.drivername in POSTGRES_SCHEMES:
+        url = url.set(drivername=POSTGRES_DRIVER)
+    return url
+
+
+def storage_error(storage: str, url: sqlalchemy.engine.URL, error: Exception) -> str:
+    """One line saying what stops the database from opening: no driver, no server, a bad password or no database."""
+    shown = sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+    where = f"{url.host or 'localhost'}:{url.port or DEFAULT_POSTGRES_PORT}"
+    text = " ".join(str(error).split())
+    if isinstance(error, ImportError) or "Failed to import DB access module" in text:
+        return (
+            f"--storage {shown}: no Python driver for {url.drivername} is installed (requirements.txt brings psycopg2)"
+        )
+    problems = (
+        ("password authentication failed", f"password authentication failed for user '{url.username}' at {where}"),
+        ("no password supplied", f"the server at {where} asks for a password for user '{url.username}'"),
+        ("does not exist", f"database '{url.database}' does not exist at {where} (create it first: createdb)"),
+        ("could not translate host name", f"unknown host '{url.host}'"),
+        ("connection refused", f"cannot reach a PostgreSQL server at {where} (connection refused)"),
+        ("timeout expired", f"cannot reach a PostgreSQL server at {where} (timed out)"),
+        ("could not connect", f"cannot reach a PostgreSQL server at {where}"),
+    )
+    for needle, message in problems:
+        if needle in text.lower():
+            return f"--storage {shown}: {message}"
+    return f"--storage {shown}: cannot open the database at {where}: {str(error).strip().splitlines()[0]}"
 
 
 def open_study(
@@ -60,6 +115,29 @@ def open_study(
         pruner=pruner,
         direction="maximize",
         load_if_exists=True,
+    )
+
+
+def damaged_journal_error(journal: Path, error: Exception) -> UserError:
+    """A one-line error naming the journal's first line that is not JSON, and how to go on without losing rows.
+
+    Optuna tolerates an unfinished last line (a write cut short); any other bad line stops it reading the study.
+    The views are not touched, so evolve.csv still holds every child finished before the damage.
+    """
+    lines = journal.read_bytes().split(b"\n")
+    complete = lines[:-1]  # the part after the last newline is an unfinished write, which Optuna skips
+    where = "a line"
+    for number, line in enumerate(complete, start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            where = f"line {number}"
+            break
+    evolve_csv = journal.parent / "evolve.csv"
+    return UserError(
+        f"{journal}: {where} is not valid JSON, so the study cannot be read ({str(error).splitlines()[0]}); "
+        f"delete or repair that line to continue, or start a new --name with --evolve-from {evolve_csv}, "
+        "which still holds the finished children"
     )
 
 
