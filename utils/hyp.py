@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,68 @@ REQUIRED_KEYS = (
     "anchor_t fl_gamma hsv_h hsv_s hsv_v degrees translate scale shear perspective flipud fliplr mosaic mixup "
     "copy_paste"
 ).split()
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a hyp key may take: ``low``/``high`` bounds, each open (excluded) or closed (included)."""
+
+    low: float
+    high: float = INF
+    low_open: bool = False
+    high_open: bool = False
+    meaning: str = ""
+
+    def contains(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high == INF:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0.0, low_open=True)
+NON_NEGATIVE = Range(0.0)
+PROBABILITY = Range(0.0, 1.0, meaning="a probability")
+FRACTION = Range(0.0, 1.0, meaning="a fraction")
+# What each value means, so that a typo such as ``lr0: -0.01`` is refused at load time instead of failing deep in
+# the optimizer or the augmentation. Keys not listed here (extra keys a user adds) are only checked to be numbers.
+HYP_RANGES: dict[str, Range] = {
+    "lr0": Range(0.0, low_open=True, meaning="a learning rate"),
+    "lrf": Range(0.0, 1.0, low_open=True, meaning="the final learning rate as a fraction of lr0"),
+    "momentum": Range(0.0, 1.0, high_open=True, meaning="SGD momentum or Adam beta1"),
+    "weight_decay": Range(0.0, meaning="a weight decay"),
+    "warmup_epochs": Range(0.0, meaning="epochs"),
+    "warmup_momentum": Range(0.0, 1.0, high_open=True, meaning="a momentum"),
+    "warmup_bias_lr": Range(0.0, meaning="a learning rate"),
+    "box": Range(0.0, meaning="a loss gain"),
+    "cls": Range(0.0, meaning="a loss gain"),
+    "cls_pw": Range(0.0, low_open=True, meaning="a BCE positive weight"),
+    "obj": Range(0.0, meaning="a loss gain"),
+    "obj_pw": Range(0.0, low_open=True, meaning="a BCE positive weight"),
+    "iou_t": Range(0.0, 1.0, low_open=True, meaning="an IoU threshold"),
+    "anchor_t": Range(1.0, meaning="an anchor size-ratio threshold"),
+    "anchors": Range(1.0, meaning="anchors per output layer"),
+    "fl_gamma": Range(0.0, meaning="a focal-loss gamma"),
+    "hsv_h": FRACTION,
+    "hsv_s": FRACTION,
+    "hsv_v": FRACTION,
+    "degrees": Range(0.0, 180.0, meaning="a rotation in degrees"),
+    "translate": FRACTION,
+    "scale": Range(0.0, 1.0, high_open=True, meaning="a scale gain: images are scaled by 1 +/- scale"),
+    "shear": Range(0.0, 90.0, high_open=True, meaning="a shear in degrees"),
+    "perspective": Range(0.0, 0.1, meaning="a perspective coefficient"),
+    "flipud": PROBABILITY,
+    "fliplr": PROBABILITY,
+    "mosaic": PROBABILITY,
+    "mixup": PROBABILITY,
+    "copy_paste": PROBABILITY,
+}
 
 
 def resolve_hyp_path(path: str | Path) -> Path:
@@ -45,7 +108,8 @@ def load_hyp(path: str | Path = DEFAULT_HYP) -> dict[str, float]:
 
 
 def check_hyp(content: dict, source: str = "hyp") -> dict[str, float]:
-    """Validate a hyp mapping and return a new ``dict[str, float]`` in the same key order."""
+    """Validate a hyp mapping (every value a finite number in its key's ``HYP_RANGES``) and return a new
+    ``dict[str, float]`` in the same key order."""
     missing = [key for key in REQUIRED_KEYS if key not in content]
     if missing:
         raise UserError(f"{source}: missing hyperparameter(s) {', '.join(missing)}")
@@ -53,5 +117,9 @@ def check_hyp(content: dict, source: str = "hyp") -> dict[str, float]:
     for key, value in content.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise UserError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        allowed = HYP_RANGES.get(str(key))
+        if allowed is not None and not allowed.contains(float(value)):
+            meaning = f" ({allowed.meaning})" if allowed.meaning else ""
+            raise UserError(f"{source}: '{key}' must be {allowed.describe()}{meaning}, got {value!r}")
         hyp[str(key)] = float(value)
     return hyp
