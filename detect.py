@@ -21,6 +21,7 @@ import torch
 from utils.augment import letterbox
 from utils.boxes import scale_boxes, xyxy2xywhn
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.cli import CliParser
 from utils.data_config import IMAGE_SUFFIXES
 from utils.device import select_device
 from utils.errors import UserError, run_cli
@@ -35,7 +36,7 @@ PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__)
     parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
     parser.add_argument("--source", required=True, help="image, video, folder or glob (quote it: 'imgs/*.jpg')")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from utils.cli import CliParser
 from utils.device import distributed_env, select_device
 from utils.errors import UserError, run_cli
 from utils.evolution import add_evolve_arguments
 from utils.fitness import parse_fitness_weights
 from utils.hyp import DEFAULT_HYP, check_hyp, load_hyp
-from utils.run_dir import increment_path
+from utils.run_dir import RunFolderLock, increment_path
 from utils.schedule import add_schedule_arguments, scheduler_params_from_options
 
 ROOT = Path(__file__).resolve().parent
@@ -29,7 +30,7 @@ LOGGER = logging.getLogger("train")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__)
     parser.add_argument("--weights", default="", help="initial weights .pt to transfer from ('' trains from scratch)")
     parser.add_argument("--cfg", default="yolov5n.yaml", help="model yaml: yolov5n/s/m/l/x.yaml or a path")
     parser.add_argument("--data", default="shapes.yaml", help="data yaml (default: the built-in shapes dataset)")
@@ -91,8 +92,6 @@ def build_train_options(
     """Turn parsed CLI options into the trainer's explicit ``TrainOptions``."""
     from utils.trainer import TrainOptions
 
-    if args.epochs < 1 or args.batch_size < 1 or args.nbs < 1 or args.imgsz < 32:
-        raise UserError("--epochs, --batch-size and --nbs must be >= 1 and --img >= 32")
     return TrainOptions(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -124,6 +123,27 @@ def build_train_options(
     )
 
 
+# (flag, attribute, smallest allowed value, what the flag counts): each numeric flag gets its own message.
+FLAG_MINIMUMS = (
+    ("--img", "imgsz", 1, "image size in pixels"),
+    ("--batch", "batch_size", 1, "images per batch"),
+    ("--epochs", "epochs", 1, "training epochs"),
+    ("--nbs", "nbs", 1, "nominal batch size"),
+    ("--workers", "workers", 0, "dataloader workers"),
+    ("--patience", "patience", 0, "epochs without improvement"),
+    ("--close-mosaic", "close_mosaic", 0, "final epochs without mosaic"),
+    ("--evolve", "evolve", 1, "children"),
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag out of its range, naming the flag, before any file is read or any data is scanned."""
+    for flag, attribute, minimum, meaning in FLAG_MINIMUMS:
+        value = getattr(args, attribute, None)
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be at least {minimum} ({meaning}), got {value}")
+
+
 def recorded_options(args: argparse.Namespace) -> dict:
     """The options as plain yaml-safe values, for opt.yaml and checkpoints."""
     return {
@@ -132,17 +152,21 @@ def recorded_options(args: argparse.Namespace) -> dict:
     }
 
 
-def resume_arguments(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, float]]:
-    """The original run's options and hyp, from the checkpoint given (or the newest runs/train/*/weights/last.pt)."""
+def resume_checkpoint_path(resume: str | bool) -> Path:
+    """The checkpoint ``--resume`` names, or for a bare ``--resume`` the newest runs/train/*/weights/last.pt."""
+    if isinstance(resume, str):
+        return Path(resume)
+    candidates = sorted((ROOT / "runs" / "train").glob("*/weights/last.pt"), key=lambda path: path.stat().st_mtime)
+    if not candidates:
+        raise UserError("--resume: no runs/train/*/weights/last.pt found to resume; pass the checkpoint path")
+    LOGGER.info(f"--resume: picked the newest checkpoint, {candidates[-1]}")
+    return candidates[-1]
+
+
+def resume_arguments(args: argparse.Namespace, checkpoint_path: Path) -> tuple[argparse.Namespace, dict[str, float]]:
+    """The original run's options and hyp, from the checkpoint to resume."""
     from utils.checkpoint import load_checkpoint
 
-    if isinstance(args.resume, str):
-        checkpoint_path = Path(args.resume)
-    else:
-        candidates = sorted((ROOT / "runs" / "train").glob("*/weights/last.pt"), key=lambda path: path.stat().st_mtime)
-        if not candidates:
-            raise UserError("--resume: no runs/train/*/weights/last.pt found to resume; pass the checkpoint path")
-        checkpoint_path = candidates[-1]
     checkpoint = load_checkpoint(checkpoint_path)
     if "training_model" not in checkpoint or not checkpoint.get("options"):
         raise UserError(f"--resume: {checkpoint_path} holds no training state (was it saved by train.py?)")
@@ -166,19 +190,27 @@ def check_img_size(img_size: int, stride: int = 32) -> int:
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_flags(args)
     args.imgsz = check_img_size(args.imgsz)
     if args.evolve is not None:
         from utils.evolution.training_objective import evolve_training
 
         evolve_training(args)
         return
-    hyp = None
-    if args.resume:
-        args, hyp = resume_arguments(args)
     rank, local_rank, world_size = distributed_env()
+    hyp, run_lock = None, None
+    if args.resume:
+        checkpoint_path = resume_checkpoint_path(args.resume)
+        if rank in (-1, 0):  # a run another process is still writing is never taken over
+            run_lock = RunFolderLock(checkpoint_path.parent.parent).acquire("resume")
+        args, hyp = resume_arguments(args, checkpoint_path)
     device = select_device(args.device, local_rank)
     hyp = hyp or load_hyp(args.hyp)
     options = build_train_options(args, device, None, rank, world_size)  # checks the flags before any data work
+    if args.weights:
+        from utils.checkpoint import load_checkpoint
+
+        load_checkpoint(args.weights)  # a missing or corrupt file fails now, not after the dataset scan
     if world_size > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # NCCL and barrier() must use this rank's device, not a guessed one
@@ -195,7 +227,12 @@ def main(args: argparse.Namespace) -> None:
     save_dir = None
     if rank in (-1, 0):
         save_dir = Path(args.save_dir) if args.resume else increment_path(Path(args.project) / args.name, args.exist_ok)
-    metrics = train(hyp, dataclasses.replace(options, save_dir=save_dir), data)
+        run_lock = run_lock or RunFolderLock(save_dir).acquire()
+    try:
+        metrics = train(hyp, dataclasses.replace(options, save_dir=save_dir), data)
+    finally:
+        if run_lock is not None:
+            run_lock.release()
     if rank in (-1, 0):
         summary = ", ".join(
             f"{key.split('/')[-1]} {value:.4g}" for key, value in metrics.items() if key.startswith("metrics/")

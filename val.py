@@ -14,6 +14,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.cli import CliParser
 from utils.coco_json import available_backend, reference_map
 from utils.data_config import DataConfig, load_data_config
 from utils.dataset import YoloDataset, build_dataloader, prepare_split
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__)
     parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
     parser.add_argument("--data", default="shapes.yaml", help="data yaml")
     parser.add_argument("--batch-size", "--batch", type=int, default=32, help="batch size")

@@ -20,6 +20,7 @@ from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, child_seed, qu
 from utils.evolution.search_space import GeneSpec, SearchSpace, validate_search_space
 from utils.evolution.storage import WORKER_ATTR, Heartbeat, Worker, fail_stale_children, open_study, run_lock
 from utils.evolution.views import write_views
+from utils.run_dir import make_folder
 
 LOGGER = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 10  # that many failed children in a row means the setup is broken, not the hyps
@@ -214,11 +215,10 @@ def run(
     ``setup`` (json-safe, e.g. data and model) joins the hyp keys and search space recorded on the study: a worker
     whose setup differs is refused. ``plots=False`` skips evolve.png/fitness.png (the csv and yaml are always kept).
     """
-    if n < 0:
-        raise UserError(f"--evolve needs a number of children >= 0 (got {n})")
+    if n < 1:
+        raise UserError(f"--evolve needs a number of children >= 1 (got {n})")
     space = validate_search_space(base_hyp, meta, freeze)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_folder(Path(run_dir))
     quiet_optuna()
     score = functools.partial(compute_fitness, weights=fitness_weights)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()

@@ -11,6 +11,7 @@ from utils.device import distributed_env, select_device
 from utils.errors import UserError
 from utils.evolution.cli import evolve_options
 from utils.evolution.runner import ChildContext, run
+from utils.evolution.storage import check_storage
 from utils.hyp import load_hyp
 
 LOGGER = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def choose_cache(args: argparse.Namespace) -> str | None:
 def evolve_training(args: argparse.Namespace) -> None:
     """Run this worker's share of the evolution described by the parsed train.py options."""
     from train import build_train_options
+    from utils.checkpoint import load_checkpoint
     from utils.prepared_data import prepare_data
     from utils.trainer import check_run, train
 
@@ -45,6 +47,9 @@ def evolve_training(args: argparse.Namespace) -> None:
     base_hyp = load_hyp(args.hyp)
     run_dir = evolve_run_dir(args)
     evolution = evolve_options(args)  # checks --meta and the flags before any data work
+    check_storage(run_dir, args.storage)
+    if args.weights:
+        load_checkpoint(args.weights)  # a missing or corrupt file fails now, not after the dataset scan
     try:
         data = prepare_data(args.data, args.imgsz, choose_cache(args))
     except UserError as error:

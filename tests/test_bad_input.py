@@ -1,0 +1,345 @@
+"""Careless and hostile input: each case exits non-zero with one ``error:`` line naming the problem, prints no
+traceback, fails before any dataset work, and leaves every file the user made byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["--img", "64", "--batch", "4", "--epochs", "1", "--workers", "0", "--device", "cpu"]
+
+
+def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Non-zero exit, no traceback, exactly one ``error:`` line, holding every needle; returns that line."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder``, by relative path."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def generated_data_yaml(folder: Path, dataset: str) -> Path:
+    """A copy of shapes.yaml (a ``generate:`` dataset) whose ``path`` is ``dataset``, with tiny generate counts."""
+    content = yaml.safe_load((ROOT / "data" / "shapes.yaml").read_text())
+    content.pop("defaults", None)
+    content["path"] = dataset
+    content["generate"] = {"seed": 0, "train": 4, "val": 2, "img_size": 64}
+    path = folder / "mine.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+# --- 1. generated data never touches what it did not make ---------------------------------------------------------
+
+
+@pytest.fixture
+def users_dataset(tmp_path: Path) -> Path:
+    """A folder that looks like a user's own dataset: images, labels and notes, no generator stamp."""
+    root = tmp_path / "my_dataset"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "images" / "train" / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "notes.md").write_text("three weeks of labelling\n")
+    return root
+
+
+def test_generate_refuses_a_folder_it_did_not_make(tmp_path, users_dataset):
+    from utils.data_config import load_data_config
+
+    before = snapshot(users_dataset)
+    with pytest.raises(UserError) as error:
+        load_data_config(generated_data_yaml(tmp_path, str(users_dataset)))
+    assert str(users_dataset) in str(error.value) and "mine.yaml" in str(error.value)
+    assert snapshot(users_dataset) == before
+
+
+def test_generate_library_call_refuses_a_folder_it_did_not_make(users_dataset):
+    from utils.synthetic import generate_dataset
+
+    before = snapshot(users_dataset)
+    with pytest.raises(UserError, match="did not make"):
+        generate_dataset(users_dataset, num_train=2, num_val=1, img_size=64)
+    assert snapshot(users_dataset) == before
+
+
+def test_generate_fills_an_empty_folder_and_replaces_its_own_stale_copy(tmp_path):
+    from utils.data_config import load_data_config
+    from utils.synthetic import STAMP_FILE
+
+    root = tmp_path / "empty"
+    root.mkdir()
+    config = load_data_config(generated_data_yaml(tmp_path, str(root)))
+    assert len(config.image_files("train")) == 4 and (root / STAMP_FILE).is_file()
+    (root / STAMP_FILE).write_text('{"version": 0}\n')  # our stamp, an older generator: ours to replace
+    config = load_data_config(generated_data_yaml(tmp_path, str(root)))
+    assert len(config.image_files("val")) == 2 and '"version": 0' not in (root / STAMP_FILE).read_text()
+
+
+def test_train_cli_keeps_the_users_folder(tmp_path, users_dataset):
+    before = snapshot(users_dataset)
+    data = generated_data_yaml(tmp_path, str(users_dataset))
+    result = run_script("train.py", "--data", str(data), *TINY_ARGS, "--project", str(tmp_path / "runs"))
+    assert_one_error_line(result, str(users_dataset), "refusing to replace")
+    assert snapshot(users_dataset) == before
+
+
+# --- 2. existing evolution files are kept --------------------------------------------------------------------------
+
+
+def synthetic_objective(hyp: dict[str, float], child: object) -> dict[str, float]:
+    score = 0.5 - abs(hyp["lr0"] - 0.01)
+    return {"metrics/mAP_0.5": score + 0.1, "metrics/mAP_0.5:0.95": score}
+
+
+def test_evolve_keeps_an_evolve_csv_it_did_not_write(tmp_path, capsys):
+    from utils.evolution import load_meta, run
+    from utils.hyp import load_hyp
+
+    run_dir = tmp_path / "evo"
+    run_dir.mkdir()
+    yolov5_csv = "metrics/precision,metrics/recall\n0.5,0.4\n"
+    (run_dir / "evolve.csv").write_text(yolov5_csv)
+    (run_dir / "hyp_evolve.yaml").write_text("# yolov5's best\nlr0: 0.02\n")
+    run(synthetic_objective, load_hyp(), load_meta(), 2, run_dir=run_dir, plots=False)
+    assert (run_dir / "evolve.backup.csv").read_text() == yolov5_csv
+    assert (run_dir / "hyp_evolve.backup.yaml").read_text() == "# yolov5's best\nlr0: 0.02\n"
+    assert len((run_dir / "evolve.csv").read_text().splitlines()) == 1 + 2
+    out = capsys.readouterr().out
+    assert "evolve.backup.csv" in out and "--evolve-from" in out
+    run(synthetic_objective, load_hyp(), load_meta(), 3, run_dir=run_dir, plots=False)  # resume: its own files
+    assert not (run_dir / "evolve.backup2.csv").exists()
+    (run_dir / "evolve.csv").write_text("edited by hand\n")
+    run(synthetic_objective, load_hyp(), load_meta(), 4, run_dir=run_dir, plots=False)
+    assert (run_dir / "evolve.backup2.csv").read_text() == "edited by hand\n"
+    assert len((run_dir / "evolve.csv").read_text().splitlines()) == 1 + 4
+
+
+# --- 4. a run in use is not resumed ---------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from utils.run_dir import RunFolderLock
+RunFolderLock(Path({folder!r})).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def held_folder(tmp_path):
+    """A run folder locked by another live process (as a training run holds its folder); yields (folder, process)."""
+    folder = tmp_path / "project" / "busy"
+    (folder / "weights").mkdir(parents=True)
+    code = HOLDER.format(root=str(ROOT), folder=str(folder))
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    yield folder, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_resume_of_a_run_in_use_is_refused(held_folder, tiny_checkpoint):
+    folder, holder = held_folder
+    checkpoint = folder / "weights" / "last.pt"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    before = snapshot(folder)
+    result = run_script("train.py", "--resume", str(checkpoint))
+    assert_one_error_line(result, str(folder), "in use", f"pid {holder.pid}")
+    assert snapshot(folder) == before
+
+
+def test_training_into_a_folder_in_use_is_refused(held_folder, tiny_dataset):
+    folder, _ = held_folder
+    args = ["--data", str(tiny_dataset), *TINY_ARGS, "--project", str(folder.parent), "--name", "busy", "--exist-ok"]
+    assert_one_error_line(run_script("train.py", *args), str(folder), "in use")
+    assert not (folder / "results.csv").exists()
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(held_folder):
+    from utils.run_dir import RunFolderLock
+
+    folder, holder = held_folder
+    with pytest.raises(UserError, match="in use"):
+        RunFolderLock(folder).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with RunFolderLock(folder):  # the kernel dropped the dead process's lock; its file is still there
+        assert (folder / ".train.lock").is_file()
+
+
+def test_bare_resume_says_which_run_it_picked(tmp_path, monkeypatch, caplog):
+    import train
+
+    for name, age in (("exp", 100), ("exp2", 0)):
+        checkpoint = tmp_path / "runs" / "train" / name / "weights" / "last.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"x")
+        os.utime(checkpoint, (time.time() - age, time.time() - age))
+    monkeypatch.setattr(train, "ROOT", tmp_path)
+    with caplog.at_level("INFO", logger="train"):
+        picked = train.resume_checkpoint_path(True)
+    assert picked.parent.parent.name == "exp2" and str(picked) in caplog.text
+
+
+# --- 5. no traceback for user input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [("lr0", -0.01, "> 0"), ("mosaic", 1.5, "in [0, 1]"), ("momentum", 1.0, "in [0, 1)"), ("anchor_t", 0.5, ">= 1")],
+)
+def test_hyp_values_out_of_range_name_key_file_and_range(tmp_path, default_hyp, key, value, allowed):
+    from utils.hyp import load_hyp
+
+    path = tmp_path / "hyp.bad.yaml"
+    path.write_text(yaml.safe_dump({**default_hyp, key: value}))
+    with pytest.raises(UserError) as error:
+        load_hyp(path)
+    assert f"'{key}'" in str(error.value) and str(path) in str(error.value) and allowed in str(error.value)
+
+
+def test_shipped_hyps_are_within_range():
+    from utils.hyp import load_hyp
+
+    for path in sorted((ROOT / "data" / "hyps").glob("hyp.*.yaml")):
+        load_hyp(path)
+
+
+def test_meta_bounds_beyond_a_keys_range_are_refused(tmp_path):
+    from utils.evolution import load_meta
+
+    meta = yaml.safe_load((ROOT / "data" / "hyps" / "meta.yaml").read_text())
+    meta["lr0"] = {"gain": 1, "low": 0.0, "high": 0.1}
+    path = tmp_path / "meta.yaml"
+    path.write_text(yaml.safe_dump(meta))
+    with pytest.raises(UserError, match="lr0"):
+        load_meta(path)
+
+
+def test_negative_lr0_on_the_command_line(tmp_path, tiny_dataset, default_hyp):
+    hyp = tmp_path / "hyp.neg.yaml"
+    hyp.write_text(yaml.safe_dump({**default_hyp, "lr0": -0.01}))
+    result = run_script("train.py", "--data", str(tiny_dataset), *TINY_ARGS, "--hyp", str(hyp),
+                        "--project", str(tmp_path / "runs"))  # fmt: skip
+    assert_one_error_line(result, "'lr0'", "hyp.neg.yaml", "> 0")
+
+
+def test_project_that_is_a_file(tmp_path, tiny_dataset):
+    project = tmp_path / "notes.txt"
+    project.write_text("mine\n")
+    result = run_script("train.py", "--data", str(tiny_dataset), *TINY_ARGS, "--project", str(project))
+    assert_one_error_line(result, str(project), "is a file")
+    assert project.read_text() == "mine\n"
+
+
+def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path, tiny_dataset):
+    from utils.evolution import load_meta, run
+    from utils.hyp import load_hyp
+
+    run_dir = tmp_path / "evo"
+    run(synthetic_objective, load_hyp(), load_meta(), 3, run_dir=run_dir, plots=False)
+    journal = run_dir / "study.journal"
+    lines = journal.read_text().splitlines(keepends=True)
+    lines[4] = "{this is not json\n"
+    journal.write_text("".join(lines))
+    before = snapshot(run_dir)
+    result = run_script("train.py", "--data", str(tiny_dataset), *TINY_ARGS, "--evolve", "5",
+                        "--project", str(tmp_path), "--name", "evo")  # fmt: skip
+    assert_one_error_line(result, str(journal), "line 5", "--evolve-from")
+    assert snapshot(run_dir) == before
+    with pytest.raises(UserError, match="line 5"):  # the library path says the same
+        run(synthetic_objective, load_hyp(), load_meta(), 5, run_dir=run_dir, plots=False)
+    assert snapshot(run_dir) == before
+
+
+# --- 5 and 6. flags: one message each, no abbreviations ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--img", "0"], "--img must be at least 1"),
+        (["--img", "-32"], "--img must be at least 1"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--evolve", "0"], "--evolve must be at least 1"),
+        (["--workers", "-1"], "--workers must be at least 0"),
+        (["--freeze", "10"], "unrecognized arguments: --freeze 10"),
+        (["--freeze-h", "lr0"], "unrecognized arguments: --freeze-h"),
+        (["--optimizer", "Lion"], "Lion"),
+    ],
+)
+def test_train_flags_out_of_range_or_unknown(tmp_path, tiny_dataset, args, message):
+    result = run_script("train.py", "--data", str(tiny_dataset), *TINY_ARGS, "--project", str(tmp_path), *args)
+    assert_one_error_line(result, message)
+    assert not any(tmp_path.iterdir()), "nothing is written for a bad flag"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "abbreviation"),
+    [
+        ("val.py", ["--weights", "x.pt", "--conf", "0.5"], "--conf"),  # --conf-thres
+        ("detect.py", ["--weights", "x.pt", "--source", "x.jpg", "--conf", "0.5"], "--conf"),
+        ("evolve.py", ["--hy", "x.yaml"], "--hy"),  # --hyp
+    ],
+)
+def test_other_clis_take_no_abbreviations(script, args, abbreviation):
+    assert_one_error_line(run_script(script, *args), f"unrecognized arguments: {abbreviation}")
+
+
+# --- 7. cheap checks first ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("evolve", [False, True])
+@pytest.mark.parametrize("weights", ["missing.pt", "corrupt.pt"])
+def test_bad_weights_fail_before_the_dataset_is_made(tmp_path, weights, evolve):
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    dataset = tmp_path / "fresh"
+    data = generated_data_yaml(tmp_path, str(dataset))
+    args = ["--data", str(data), *TINY_ARGS, "--project", str(tmp_path / "runs"), "--weights", str(tmp_path / weights)]
+    result = run_script("train.py", *args, *(["--evolve", "2"] if evolve else []))
+    assert_one_error_line(result, weights)
+    assert not dataset.exists(), "the weights are checked before the dataset is generated or scanned"
+
+
+def test_unreachable_storage_fails_before_the_dataset_is_made(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dataset = tmp_path / "fresh"
+    args = ["--data", str(generated_data_yaml(tmp_path, str(dataset))), *TINY_ARGS, "--evolve", "2",
+            "--project", str(tmp_path / "runs"), "--storage", f"postgresql://u@127.0.0.1:{port}/evolve"]  # fmt: skip
+    assert_one_error_line(run_script("train.py", *args), f"127.0.0.1:{port}", "cannot reach")
+    assert not dataset.exists()
