@@ -18,15 +18,15 @@ import cv2
 import numpy as np
 import torch
 
-from utils.augment import letterbox
 from utils.boxes import scale_boxes, xyxy2xywhn
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import CliParser
-from utils.data_config import IMAGE_SUFFIXES
+from utils.data.augment import letterbox
+from utils.data.config import IMAGE_SUFFIXES
 from utils.device import select_device
 from utils.errors import UserError, run_cli
-from utils.postprocess import non_max_suppression
+from utils.evaluation.postprocess import non_max_suppression
 from utils.run_dir import increment_path
+from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 VIDEO_SUFFIXES = {".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv", ".webm"}

@@ -19,11 +19,11 @@ import torch
 from utils.cli import CliParser
 from utils.device import distributed_env, select_device
 from utils.errors import UserError, run_cli
+from utils.evaluation.fitness import parse_fitness_weights
 from utils.evolution import add_evolve_arguments
-from utils.fitness import parse_fitness_weights
-from utils.hyp import DEFAULT_HYP, check_hyp, load_hyp
 from utils.run_dir import RunFolderLock, increment_path
-from utils.schedule import add_schedule_arguments, scheduler_params_from_options
+from utils.training.hyp import DEFAULT_HYP, check_hyp, load_hyp
+from utils.training.schedule import add_schedule_arguments, scheduler_params_from_options
 
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger("train")
@@ -73,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse train.py's command line. The data yaml's ``defaults:`` replace the built-in defaults of the options
     the command line leaves out (the built-in shapes.yaml recommends its CPU recipe this way)."""
-    from utils.data_config import training_defaults
+    from utils.data.config import training_defaults
 
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -90,7 +90,7 @@ def build_train_options(
     args: argparse.Namespace, device: torch.device, save_dir: Path | None, rank: int, world_size: int
 ):
     """Turn parsed CLI options into the trainer's explicit ``TrainOptions``."""
-    from utils.trainer import TrainOptions
+    from utils.training.trainer import TrainOptions
 
     return TrainOptions(
         epochs=args.epochs,
@@ -165,7 +165,7 @@ def resume_checkpoint_path(resume: str | bool) -> Path:
 
 def resume_arguments(args: argparse.Namespace, checkpoint_path: Path) -> tuple[argparse.Namespace, dict[str, float]]:
     """The original run's options and hyp, from the checkpoint to resume."""
-    from utils.checkpoint import load_checkpoint
+    from utils.training.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_path)
     if "training_model" not in checkpoint or not checkpoint.get("options"):
@@ -208,15 +208,15 @@ def main(args: argparse.Namespace) -> None:
     hyp = hyp or load_hyp(args.hyp)
     options = build_train_options(args, device, None, rank, world_size)  # checks the flags before any data work
     if args.weights:
-        from utils.checkpoint import load_checkpoint
+        from utils.training.checkpoint import load_checkpoint
 
         load_checkpoint(args.weights)  # a missing or corrupt file fails now, not after the dataset scan
     if world_size > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # NCCL and barrier() must use this rank's device, not a guessed one
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    from utils.prepared_data import prepare_data
-    from utils.trainer import check_run, train
+    from utils.data.prepared import prepare_data
+    from utils.training.trainer import check_run, train
 
     if rank > 0:
         torch.distributed.barrier()  # let rank 0 generate/scan and write the label cache first

@@ -13,18 +13,18 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import CliParser
-from utils.coco_json import available_backend, reference_map
-from utils.data_config import DataConfig, load_data_config
-from utils.dataset import YoloDataset, build_dataloader, prepare_split
+from utils.data.config import DataConfig, load_data_config
+from utils.data.dataset import YoloDataset, build_dataloader, prepare_split
+from utils.data.prepared import VALIDATION_PAD
 from utils.device import select_device
 from utils.errors import UserError, run_cli
-from utils.fitness import fitness, parse_fitness_weights
-from utils.metrics import MAP50, MAP50_95
-from utils.prepared_data import VALIDATION_PAD
+from utils.evaluation.coco_json import available_backend, reference_map
+from utils.evaluation.fitness import fitness, parse_fitness_weights
+from utils.evaluation.metrics import MAP50, MAP50_95
+from utils.evaluation.validator import Validation, run_validation
 from utils.run_dir import increment_path
-from utils.validator import Validation, run_validation
+from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 

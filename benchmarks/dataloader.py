@@ -43,9 +43,9 @@ def measure(data: str, img_size: int, batch_size: int, workers: int, num_batches
     import numpy as np
     import yaml
 
-    from utils.data_config import load_data_config
-    from utils.dataset import YoloDataset, build_dataloader, prepare_split
-    from utils.labels import LabeledSplit
+    from utils.data.config import load_data_config
+    from utils.data.dataset import YoloDataset, build_dataloader, prepare_split
+    from utils.data.labels import LabeledSplit
 
     config = load_data_config(data)
     split, _ = prepare_split(config, "train", img_size)
@@ -77,7 +77,7 @@ def measure(data: str, img_size: int, batch_size: int, workers: int, num_batches
 
 
 def _generated_data(folder: Path, img_size: int, num_images: int) -> Path:
-    from utils.synthetic import SHAPE_NAMES, generate_dataset
+    from utils.data.synthetic import SHAPE_NAMES, generate_dataset
 
     generate_dataset(folder / "shapes", seed=0, num_train=num_images, num_val=0, img_size=img_size)
     yaml_path = folder / "bench.yaml"

@@ -21,13 +21,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import utils.trainer as trainer_module  # noqa: E402
+import utils.training.trainer as trainer_module  # noqa: E402
+from utils.data.prepared import prepare_data  # noqa: E402
+from utils.data.synthetic import SHAPE_NAMES, generate_dataset  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.evolution import load_meta, run  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
-from utils.prepared_data import prepare_data  # noqa: E402
-from utils.synthetic import SHAPE_NAMES, generate_dataset  # noqa: E402
-from utils.trainer import TrainOptions, train  # noqa: E402
+from utils.training.hyp import load_hyp  # noqa: E402
+from utils.training.trainer import TrainOptions, train  # noqa: E402
 
 
 def make_dataset(folder: Path, images: int, img_size: int) -> Path:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.evolution import load_meta, run  # noqa: E402
 from utils.evolution import sampler as sampler_module  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
+from utils.training.hyp import load_hyp  # noqa: E402
 
 # The keys that matter: optimum and weight. mixup's base value is 0.
 OPTIMA = {"lr0": (0.004, 0.25), "momentum": (0.9, 0.15), "mixup": (0.25, 0.2), "scale": (0.7, 0.15), "box": (0.08, 0.1)}

@@ -23,12 +23,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.data_config import load_data_config  # noqa: E402
-from utils.dataset import YoloDataset, build_dataloader, prepare_split  # noqa: E402
+from utils.data.config import load_data_config  # noqa: E402
+from utils.data.dataset import YoloDataset, build_dataloader, prepare_split  # noqa: E402
+from utils.data.gpu_augment import GpuBatchAugmenter, batch_generator  # noqa: E402
+from utils.data.labels import LabeledSplit  # noqa: E402
+from utils.data.synthetic import SHAPE_NAMES, generate_dataset  # noqa: E402
 from utils.device import select_device  # noqa: E402
-from utils.gpu_augment import GpuBatchAugmenter, batch_generator  # noqa: E402
-from utils.labels import LabeledSplit  # noqa: E402
-from utils.synthetic import SHAPE_NAMES, generate_dataset  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import contextlib  # noqa: E402
 import io  # noqa: E402
 
-from utils.coco_json import build_evaluator, coco_from_arrays  # noqa: E402
-from utils.metrics import MAP50, MAP50_95, DetectionMetrics  # noqa: E402
+from utils.evaluation.coco_json import build_evaluator, coco_from_arrays  # noqa: E402
+from utils.evaluation.metrics import MAP50, MAP50_95, DetectionMetrics  # noqa: E402
 
 
 def random_boxes(rng: np.random.Generator, count: int) -> np.ndarray:

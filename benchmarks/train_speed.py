@@ -18,12 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.dataset import build_dataloader  # noqa: E402
+from utils.data.dataset import build_dataloader  # noqa: E402
+from utils.data.prepared import prepare_data  # noqa: E402
 from utils.device import select_device  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
-from utils.prepared_data import prepare_data  # noqa: E402
-from utils.trainer import TrainOptions, build_detector, build_step_context  # noqa: E402
+from utils.training.engine import train_one_epoch  # noqa: E402
+from utils.training.hyp import load_hyp  # noqa: E402
+from utils.training.trainer import TrainOptions, build_detector, build_step_context  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.synthetic import SHAPE_NAMES, generate_dataset
+from utils.data.synthetic import SHAPE_NAMES, generate_dataset
 
 TINY_TRAIN_IMAGES = 12
 TINY_VAL_IMAGES = 6
@@ -38,7 +38,7 @@ def default_hyp() -> dict:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained nano model for the shapes classes, saved as train.py saves checkpoints."""
     from models.yolo import build_model
-    from utils.checkpoint import float_state_dict, save_checkpoint
+    from utils.training.checkpoint import float_state_dict, save_checkpoint
 
     model = build_model("yolov5n.yaml", len(SHAPE_NAMES))
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"

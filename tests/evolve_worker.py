@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from utils.evolution import load_meta, run
-    from utils.hyp import load_hyp
+    from utils.training.hyp import load_hyp
 
     def objective(hyp: dict[str, float], child: object) -> dict[str, float]:
         if child.index == args.hang_child:

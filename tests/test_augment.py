@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tests.rectangles import assert_box_bounds_mask, assert_boxes_on_objects, rectangles_image
-from utils.augment import (
+from utils.boxes import xywhn2xyxy
+from utils.data.augment import (
     augment_hsv,
     box_candidates,
     copy_paste,
@@ -17,7 +18,6 @@ from utils.augment import (
     random_perspective,
     scale_labels_to_pixels,
 )
-from utils.boxes import xywhn2xyxy
 
 NO_WARP = {"degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0}
 WARPS = {

@@ -1,4 +1,4 @@
-"""Tests for utils/autoanchor.py: recall math, label sizes, k-means refit and check_anchors decisions."""
+"""Tests for utils/training/autoanchor.py: recall math, label sizes, k-means refit and check_anchors decisions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.yolo import build_model
-from utils.autoanchor import best_possible_recall, check_anchors, kmean_anchors, label_wh
+from utils.training.autoanchor import best_possible_recall, check_anchors, kmean_anchors, label_wh
 
 DEFAULT_ANCHORS = np.array(
     [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], [116, 90], [156, 198], [373, 326]], np.float32
@@ -89,7 +89,7 @@ def test_check_anchors_keeps_good_anchors(caplog) -> None:
     before = model.detect.anchors.clone()
     rng = np.random.default_rng(0)
     wh = DEFAULT_ANCHORS[rng.integers(0, 9, 300)] * rng.uniform(0.8, 1.25, (300, 1))
-    with caplog.at_level(logging.INFO, logger="utils.autoanchor"):
+    with caplog.at_level(logging.INFO, logger="utils.training.autoanchor"):
         assert check_anchors(model, wh, anchor_t=4.0, img_size=640) is False
     assert torch.equal(model.detect.anchors, before)
     assert len(caplog.records) == 1 and "good fit" in caplog.records[0].getMessage()

@@ -72,7 +72,7 @@ def users_dataset(tmp_path: Path) -> Path:
 
 
 def test_generate_refuses_a_folder_it_did_not_make(tmp_path, users_dataset):
-    from utils.data_config import load_data_config
+    from utils.data.config import load_data_config
 
     before = snapshot(users_dataset)
     with pytest.raises(UserError) as error:
@@ -82,7 +82,7 @@ def test_generate_refuses_a_folder_it_did_not_make(tmp_path, users_dataset):
 
 
 def test_generate_library_call_refuses_a_folder_it_did_not_make(users_dataset):
-    from utils.synthetic import generate_dataset
+    from utils.data.synthetic import generate_dataset
 
     before = snapshot(users_dataset)
     with pytest.raises(UserError, match="did not make"):
@@ -91,8 +91,8 @@ def test_generate_library_call_refuses_a_folder_it_did_not_make(users_dataset):
 
 
 def test_generate_fills_an_empty_folder_and_replaces_its_own_stale_copy(tmp_path):
-    from utils.data_config import load_data_config
-    from utils.synthetic import STAMP_FILE
+    from utils.data.config import load_data_config
+    from utils.data.synthetic import STAMP_FILE
 
     root = tmp_path / "empty"
     root.mkdir()
@@ -121,7 +121,7 @@ def synthetic_objective(hyp: dict[str, float], child: object) -> dict[str, float
 
 def test_evolve_keeps_an_evolve_csv_it_did_not_write(tmp_path, capsys):
     from utils.evolution import load_meta, run
-    from utils.hyp import load_hyp
+    from utils.training.hyp import load_hyp
 
     run_dir = tmp_path / "evo"
     run_dir.mkdir()
@@ -219,7 +219,7 @@ def test_bare_resume_says_which_run_it_picked(tmp_path, monkeypatch, caplog):
     [("lr0", -0.01, "> 0"), ("mosaic", 1.5, "in [0, 1]"), ("momentum", 1.0, "in [0, 1)"), ("anchor_t", 0.5, ">= 1")],
 )
 def test_hyp_values_out_of_range_name_key_file_and_range(tmp_path, default_hyp, key, value, allowed):
-    from utils.hyp import load_hyp
+    from utils.training.hyp import load_hyp
 
     path = tmp_path / "hyp.bad.yaml"
     path.write_text(yaml.safe_dump({**default_hyp, key: value}))
@@ -229,7 +229,7 @@ def test_hyp_values_out_of_range_name_key_file_and_range(tmp_path, default_hyp, 
 
 
 def test_shipped_hyps_are_within_range():
-    from utils.hyp import load_hyp
+    from utils.training.hyp import load_hyp
 
     for path in sorted((ROOT / "data" / "hyps").glob("hyp.*.yaml")):
         load_hyp(path)
@@ -264,7 +264,7 @@ def test_project_that_is_a_file(tmp_path, tiny_dataset):
 
 def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path, tiny_dataset):
     from utils.evolution import load_meta, run
-    from utils.hyp import load_hyp
+    from utils.training.hyp import load_hyp
 
     run_dir = tmp_path / "evo"
     run(synthetic_objective, load_hyp(), load_meta(), 3, run_dir=run_dir, plots=False)

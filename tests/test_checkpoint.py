@@ -1,4 +1,4 @@
-"""Tests for utils/checkpoint.py: round trip, atomic save, safe loading and weight transfer."""
+"""Tests for utils/training/checkpoint.py: round trip, atomic save, safe loading and weight transfer."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from models.yolo import build_model
-from utils.checkpoint import (
+from utils.errors import UserError
+from utils.training.checkpoint import (
     float_state_dict,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     transfer_weights,
 )
-from utils.errors import UserError
 
 
 class Payload:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.data_config import DATA_FOLDER, extract_zip, load_data_config, resolve_yaml_path, training_defaults
+from utils.data.config import DATA_FOLDER, extract_zip, load_data_config, resolve_yaml_path, training_defaults
 from utils.errors import UserError
 
 
@@ -219,7 +219,7 @@ def test_training_defaults_are_checked_and_hyp_resolves_beside_the_yaml(tmp_path
 
 def test_builtin_shapes_yaml_recommends_a_valid_evolvable_hyp() -> None:
     from utils.evolution import load_meta, validate_search_space
-    from utils.hyp import load_hyp
+    from utils.training.hyp import load_hyp
 
     defaults = training_defaults("shapes.yaml")
     assert defaults["optimizer"] == "AdamW" and defaults["nbs"] == 16

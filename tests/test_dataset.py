@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import utils.image_cache as image_cache_module
+import utils.data.image_cache as image_cache_module
 from tests.rectangles import assert_boxes_on_objects, rectangles_image
 from utils.boxes import xywhn2xyxy
-from utils.data_config import load_data_config
-from utils.dataset import YoloDataset, build_dataloader, prepare_split, rect_batch_shapes
+from utils.data.config import load_data_config
+from utils.data.dataset import YoloDataset, build_dataloader, prepare_split, rect_batch_shapes
+from utils.data.image_cache import ImageCache
+from utils.data.labels import LabeledSplit, scan_split
 from utils.errors import UserError
-from utils.image_cache import ImageCache
-from utils.labels import LabeledSplit, scan_split
 
 AUGMENT_KEYS = ["hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr"]
 NO_AUGMENT = dict.fromkeys([*AUGMENT_KEYS, "mosaic", "mixup", "copy_paste"], 0.0)

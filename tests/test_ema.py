@@ -1,4 +1,4 @@
-"""Tests for utils/ema.py: the ramped-decay formula, what gets averaged, wrapped models and the state round trip."""
+"""Tests for utils/training/ema.py: the ramped-decay formula, what is averaged, wrapped models, state round trip."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.ema import ModelEMA
+from utils.training.ema import ModelEMA
 
 
 def tiny_model(value: float = 1.0) -> nn.Sequential:

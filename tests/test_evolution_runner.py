@@ -13,7 +13,7 @@ import evolve
 from tests.evolve_worker import synthetic_metrics
 from utils.errors import UserError
 from utils.evolution import add_evolve_arguments, evolve_options, load_meta, run
-from utils.hyp import load_hyp
+from utils.training.hyp import load_hyp
 
 
 def instant(hyp, child):

@@ -18,7 +18,7 @@ from utils.evolution.sampler import (
     select_parent,
 )
 from utils.evolution.search_space import GeneSpec, load_meta, validate_search_space
-from utils.hyp import load_hyp
+from utils.training.hyp import load_hyp
 
 
 @pytest.fixture(scope="module")

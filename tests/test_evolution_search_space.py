@@ -7,7 +7,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from utils.errors import UserError
 from utils.evolution.search_space import DEFAULT_META, GeneSpec, load_meta, validate_search_space
-from utils.hyp import HYP_DIR, load_hyp
+from utils.training.hyp import HYP_DIR, load_hyp
 
 # DESIGN.md's meta table: key -> (gain, low, high).
 DESIGN_TABLE = {

@@ -17,8 +17,8 @@ from utils.evolution.runner import compute_fitness
 from utils.evolution.sampler import quiet_optuna
 from utils.evolution.search_space import load_meta, validate_search_space
 from utils.evolution.views import CSV_METRICS, csv_header, render_csv, write_views
-from utils.hyp import load_hyp
 from utils.plots.evolution import grid_shape, plot_evolve, plot_fitness, point_density
+from utils.training.hyp import load_hyp
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def space():
 
 
 def test_csv_metric_columns_are_the_shared_metric_names():
-    from utils.metrics import METRIC_KEYS, VAL_LOSS_KEYS
+    from utils.evaluation.metrics import METRIC_KEYS, VAL_LOSS_KEYS
 
     assert CSV_METRICS == (*METRIC_KEYS, *VAL_LOSS_KEYS)
 

@@ -22,9 +22,9 @@ from utils.errors import UserError
 from utils.evolution.runner import compute_fitness
 from utils.evolution.storage import open_storage
 from utils.evolution.views import CSV_METRICS
-from utils.hyp import load_hyp
+from utils.training.hyp import load_hyp
 
-pytestmark = pytest.mark.slow  # starts worker processes (each imports torch through utils.fitness)
+pytestmark = pytest.mark.slow  # starts worker processes (each imports torch through utils.evaluation.fitness)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "evolve_worker.py"

@@ -1,12 +1,12 @@
-"""Tests for utils/fitness.py: the default yolov5 weighting and parsing of --fitness weights."""
+"""Tests for utils/evaluation/fitness.py: the default yolov5 weighting and parsing of --fitness weights."""
 
 from __future__ import annotations
 
 import pytest
 
 from utils.errors import UserError
-from utils.fitness import fitness, parse_fitness_weights
-from utils.metrics import MAP50, MAP50_95, PRECISION, RECALL
+from utils.evaluation.fitness import fitness, parse_fitness_weights
+from utils.evaluation.metrics import MAP50, MAP50_95, PRECISION, RECALL
 
 METRICS = {PRECISION: 0.8, RECALL: 0.6, MAP50: 0.5, MAP50_95: 0.3, "per_class": []}
 

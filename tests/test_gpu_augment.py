@@ -16,7 +16,8 @@ from tests.rectangles import (
     assert_boxes_on_objects,
     rectangles_image,
 )
-from utils.augment import (
+from utils.boxes import xywhn2xyxy
+from utils.data.augment import (
     _perspective_matrix,
     augment_hsv,
     box_candidates,
@@ -24,13 +25,19 @@ from utils.augment import (
     polygon_extents,
     random_perspective,
 )
-from utils.boxes import xywhn2xyxy
-from utils.dataset import YoloDataset
-from utils.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter, batch_generator, box_warp, draw_plan, pack_images
-from utils.gpu_augment.draws import WarpDraws, draw_beta, draw_warps, warp_matrices
-from utils.gpu_augment.pixels import adjust_hsv
-from utils.image_cache import ImageCache
-from utils.labels import LabeledSplit, ScanReport, scan_split
+from utils.data.dataset import YoloDataset
+from utils.data.gpu_augment import (
+    GpuAugmentLoader,
+    GpuBatchAugmenter,
+    batch_generator,
+    box_warp,
+    draw_plan,
+    pack_images,
+)
+from utils.data.gpu_augment.draws import WarpDraws, draw_beta, draw_warps, warp_matrices
+from utils.data.gpu_augment.pixels import adjust_hsv
+from utils.data.image_cache import ImageCache
+from utils.data.labels import LabeledSplit, ScanReport, scan_split
 
 SIZE = 96
 SHAPES = [(72, 96), (96, 72), (96, 96), (60, 96)]  # (h, w), long side SIZE as ImageCache stores them
@@ -271,7 +278,7 @@ def _cpu_script(warps: WarpDraws, row: int) -> list[float]:
 
 
 def test_warp_matrix_is_the_cpu_composition() -> None:
-    """Same parameters -> the same matrix as utils.augment._perspective_matrix, term by term."""
+    """Same parameters -> the same matrix as utils.data.augment._perspective_matrix, term by term."""
     hyp = {"degrees": 30.0, "translate": 0.2, "scale": 0.5, "shear": 5.0, "perspective": 0.001}
     warps = draw_warps(1, hyp, torch.Generator().manual_seed(0))
     cpu, cpu_scale = _perspective_matrix((2 * SIZE, 2 * SIZE), (SIZE, SIZE), ScriptedRng(_cpu_script(warps, 0)), hyp)

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-import utils.labels as labels_module
+import utils.data.labels as labels_module
+from utils.data.labels import label_path, parse_label_file, scan_split
 from utils.errors import UserError
-from utils.labels import label_path, parse_label_file, scan_split
 
 
 def _write_image(path: Path, size: tuple[int, int] = (48, 64)) -> Path:
@@ -164,6 +164,6 @@ def test_cache_is_reused_then_invalidated_by_a_label_edit(tmp_path: Path, monkey
 def test_unwritable_cache_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = _dataset(tmp_path, {"a": None})
     (tmp_path / "labels").write_text("a file where the label folder would be")
-    with caplog.at_level(logging.WARNING, logger="utils.labels"):
+    with caplog.at_level(logging.WARNING, logger="utils.data.labels"):
         split = scan_split(files, num_classes=1)
     assert len(split) == 1 and "label cache not written" in caplog.text

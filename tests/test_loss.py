@@ -1,4 +1,4 @@
-"""Tests for utils/loss.py: gain scaling, target assignment, loss values, gradients and focal loss."""
+"""Tests for utils/training/loss.py: gain scaling, target assignment, loss values, gradients and focal loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.yolo import build_model
-from utils.loss import FocalLoss, YoloLoss, scale_loss_gains
+from utils.training.loss import FocalLoss, YoloLoss, scale_loss_gains
 
 HYP = {
     "box": 0.05,

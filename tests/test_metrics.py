@@ -1,4 +1,4 @@
-"""Tests for utils/metrics.py: hand-worked AP, matching rules, and agreement with pycocotools/faster-coco-eval."""
+"""Tests for utils/evaluation/metrics.py: hand-worked AP, matching rules, agreement with the COCO references."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.coco_json import coco_from_arrays, reference_map
-from utils.metrics import (
+from utils.evaluation.coco_json import coco_from_arrays, reference_map
+from utils.evaluation.metrics import (
     MAP50,
     MAP50_95,
     MATCH_CHUNK_IMAGES,

@@ -1,4 +1,4 @@
-"""Tests for utils/optim.py: parameter groups, optimizer choice, accumulation, weight-decay scaling, --lr-fit."""
+"""Tests for utils/training/optim.py: parameter groups, optimizer choice, accumulation, weight decay, --lr-fit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
-from utils.optim import (
+from utils.training.optim import (
     GROUP_NAMES,
     OPTIMIZERS,
     build_optimizer,
@@ -141,7 +141,7 @@ def test_fit_learning_rate(lr0: float, batch_size: int, name: str, expected: flo
 
 
 def test_fit_learning_rate_logs_the_rate_used(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="utils.optim"):
+    with caplog.at_level(logging.INFO, logger="utils.training.optim"):
         fit_learning_rate(0.01, 512, "sgd")
     assert "0.01 -> 0.05" in caplog.text
 

@@ -1,11 +1,11 @@
-"""Tests for utils/postprocess.py: thresholds, class-aware suppression, caps and multi-label output."""
+"""Tests for utils/evaluation/postprocess.py: thresholds, class-aware suppression, caps and multi-label output."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.postprocess import non_max_suppression
+from utils.evaluation.postprocess import non_max_suppression
 
 
 def prediction_rows(rows: list[tuple[float, float, float, float, float, list[float]]]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for utils/schedule.py: every schedule's values, warmup on top of each, plateau memory, resume, flags."""
+"""Tests for utils/training/schedule.py: every schedule's values, warmup on each, plateau memory, resume, flags."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import yaml
 from torch import nn
 
 from utils.errors import UserError
-from utils.optim import OPTIMIZERS, build_optimizer
 from utils.plots.training import plot_lr
-from utils.schedule import (
+from utils.training.optim import OPTIMIZERS, build_optimizer
+from utils.training.schedule import (
     SCHEDULERS,
     Scheduler,
     add_schedule_arguments,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import utils.synthetic as synthetic
-from utils.synthetic import SHAPE_NAMES, generate_dataset, image_shape, render_image
+import utils.data.synthetic as synthetic
+from utils.data.synthetic import SHAPE_NAMES, generate_dataset, image_shape, render_image
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import dataset as dataset_module
-from utils import labels as labels_module
-from utils.checkpoint import load_checkpoint
-from utils.engine import NonFiniteLossError
-from utils.hyp import load_hyp
+import utils.data.dataset as dataset_module
+import utils.data.labels as labels_module
+from utils.data.prepared import prepare_data
 from utils.plots.results import read_results
-from utils.prepared_data import prepare_data
-from utils.trainer import TrainOptions, train
+from utils.training.checkpoint import load_checkpoint
+from utils.training.engine import NonFiniteLossError
+from utils.training.hyp import load_hyp
+from utils.training.trainer import TrainOptions, train
 
 IMG_SIZE = 64
 PROMISED_OUTPUTS = (
@@ -102,7 +102,7 @@ def test_resume_continues_the_same_epochs_and_learning_rates(prepared, hyp, tmp_
 
 
 def test_resume_restores_optimizer_state_exactly(prepared, hyp, tmp_path):
-    from utils.trainer import build_detector, build_step_context, restore_state
+    from utils.training.trainer import build_detector, build_step_context, restore_state
 
     options = tiny_options(epochs=2, save_dir=tmp_path)
     train(hyp, options, prepared)
@@ -118,7 +118,7 @@ def test_resume_restores_optimizer_state_exactly(prepared, hyp, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(prepared, hyp, monkeypatch):
-    import utils.trainer as trainer_module
+    import utils.training.trainer as trainer_module
 
     original = trainer_module.YoloLoss
 
@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_with_a_clear_error(prepared, hyp, monkeypatch):
 
 
 def test_close_mosaic_switches_the_dataset_off_for_the_last_epochs(prepared, hyp, monkeypatch):
-    import utils.trainer as trainer_module
+    import utils.training.trainer as trainer_module
 
     seen: list[bool] = []
     original = trainer_module.train_one_epoch
@@ -148,8 +148,8 @@ def test_close_mosaic_switches_the_dataset_off_for_the_last_epochs(prepared, hyp
 
 
 def test_batched_device_augmentation_path_trains(prepared, hyp, monkeypatch):
-    import utils.trainer as trainer_module
-    from utils.gpu_augment import GpuAugmentLoader
+    import utils.training.trainer as trainer_module
+    from utils.data.gpu_augment import GpuAugmentLoader
 
     loaders = []
     original = trainer_module.build_train_loader

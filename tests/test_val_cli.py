@@ -1,4 +1,4 @@
-"""Tests for utils/validator.py and val.py: an oracle model scores 1.0, losses average, and the CLI's errors."""
+"""Tests for utils/evaluation/validator.py and val.py: an oracle model scores 1.0, losses average, the CLI's errors."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 import val
-from utils.coco_json import reference_map
+from utils.data.synthetic import SHAPE_NAMES
 from utils.errors import run_cli
-from utils.metrics import MAP50_95, METRIC_KEYS, VAL_LOSS_KEYS
-from utils.synthetic import SHAPE_NAMES
-from utils.validator import run_validation, validate
+from utils.evaluation.coco_json import reference_map
+from utils.evaluation.metrics import MAP50_95, METRIC_KEYS, VAL_LOSS_KEYS
+from utils.evaluation.validator import run_validation, validate
 from val import build_loader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,8 +112,8 @@ def test_missing_weights_give_one_error_line_end_to_end(tiny_dataset: Path, tmp_
     assert result.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'missing.pt'}"
 
 
-# Seed 17 makes torch's weights-only unpickler raise IndexError, which utils/checkpoint.py does not yet turn into
-# a UserError (reported to its owner); the other seeds raise UnpicklingError.
+# Seed 17 makes torch's weights-only unpickler raise IndexError, which utils/training/checkpoint.py did not turn
+# into a UserError (reported to its owner); the other seeds raise UnpicklingError.
 @pytest.mark.parametrize("content_seed", [0, 17, 21])
 def test_corrupt_weights_give_one_error_line(tiny_dataset: Path, tmp_path: Path, capsys, content_seed: int) -> None:
     weights = tmp_path / "corrupt.pt"

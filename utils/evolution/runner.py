@@ -49,7 +49,7 @@ Objective = Callable[[dict[str, float], ChildContext], Mapping[str, float]]
 
 
 def compute_fitness(metrics: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
-    from utils.fitness import fitness
+    from utils.evaluation.fitness import fitness
 
     return float(fitness(dict(metrics), dict(weights) if weights is not None else None))
 
@@ -209,7 +209,8 @@ def run(
 ) -> optuna.Study:
     """Evolve ``base_hyp`` until the study holds ``n`` finished children, sharing the study with other workers.
 
-    ``objective(hyp, child)`` returns metrics by name; fitness is ``utils.fitness.fitness(metrics, fitness_weights)``.
+    ``objective(hyp, child)`` returns metrics by name; fitness is
+    ``utils.evaluation.fitness.fitness(metrics, fitness_weights)``.
     Workers started with the same ``run_dir`` (journal storage) or ``storage`` URL and study name share one study;
     rerunning the same command resumes toward ``n``. Imported rows (``evolve_from``) do not count toward ``n``.
     ``setup`` (json-safe, e.g. data and model) joins the hyp keys and search space recorded on the study: a worker

@@ -11,7 +11,7 @@ import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from utils.errors import UserError
-from utils.hyp import HYP_RANGES
+from utils.training.hyp import HYP_RANGES
 
 DEFAULT_META = Path(__file__).resolve().parents[2] / "data" / "hyps" / "meta.yaml"
 # Keys the meta table may describe although the hyp leaves them out (then they are simply not evolved).

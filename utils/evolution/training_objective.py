@@ -12,7 +12,7 @@ from utils.errors import UserError
 from utils.evolution.cli import evolve_options
 from utils.evolution.runner import ChildContext, run
 from utils.evolution.storage import check_storage
-from utils.hyp import load_hyp
+from utils.training.hyp import load_hyp
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,9 +35,9 @@ def choose_cache(args: argparse.Namespace) -> str | None:
 def evolve_training(args: argparse.Namespace) -> None:
     """Run this worker's share of the evolution described by the parsed train.py options."""
     from train import build_train_options
-    from utils.checkpoint import load_checkpoint
-    from utils.prepared_data import prepare_data
-    from utils.trainer import check_run, train
+    from utils.data.prepared import prepare_data
+    from utils.training.checkpoint import load_checkpoint
+    from utils.training.trainer import check_run, train
 
     if distributed_env()[2] > 1:
         raise UserError("--evolve runs one process per device, not under torchrun: start one worker per --device")

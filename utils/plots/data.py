@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from utils.boxes import xywhn2xyxy
-from utils.labels import LabeledSplit
+from utils.data.labels import LabeledSplit
 
 MAX_BATCH_IMAGES = 16
 MAX_GRID_SIDE = 1920  # px; large batches are shrunk to stay readable and small on disk

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import CONFIDENCE_POINTS, RECALL_POINTS, DetectionMetrics
+from utils.evaluation.metrics import CONFIDENCE_POINTS, RECALL_POINTS, DetectionMetrics
 
 MAX_LEGEND_CLASSES = 20  # beyond this a per-class legend hides the plot, as in yolov5
 MAX_ANNOTATED_CLASSES = 30

@@ -10,7 +10,7 @@ def plot_lr(epoch_axis: Sequence[float], learning_rates: Mapping[str, Sequence[f
     """Write lr.png: one line per parameter group, x in epochs (fractions inside an epoch), warmup included.
 
     The values are held until the next point (a step plot), which is how the optimizer sees them; feed it
-    ``utils.schedule.learning_rate_curve(...)`` for the whole run.
+    ``utils.training.schedule.learning_rate_curve(...)`` for the whole run.
     """
     import matplotlib
 

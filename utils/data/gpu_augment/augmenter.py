@@ -10,14 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from utils.augment import hyp_value
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.dataset import EpochSampler
-from utils.gpu_augment.box_warp import warp_boxes
-from utils.gpu_augment.draws import BatchPlan, batch_generator, draw_plan, warp_matrices
-from utils.gpu_augment.pixels import adjust_hsv, flip_images, tile_offsets, warp_tiles
-from utils.image_cache import ImageCache, load_resized
-from utils.labels import LabeledSplit
+from utils.data.augment import hyp_value
+from utils.data.dataset import EpochSampler
+from utils.data.gpu_augment.box_warp import warp_boxes
+from utils.data.gpu_augment.draws import BatchPlan, batch_generator, draw_plan, warp_matrices
+from utils.data.gpu_augment.pixels import adjust_hsv, flip_images, tile_offsets, warp_tiles
+from utils.data.image_cache import ImageCache, load_resized
+from utils.data.labels import LabeledSplit
 
 STORAGES = ("auto", "device", "host")
 DEVICE_MEMORY_FRACTION = 0.5  # "auto" keeps images on the GPU only if they leave half its free memory to training

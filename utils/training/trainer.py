@@ -14,20 +14,20 @@ import torch
 from torch import nn
 
 from models.yolo import DetectionModel, build_model, model_summary
-from utils.autoanchor import check_anchors
-from utils.checkpoint import load_checkpoint, transfer_weights
-from utils.dataset import build_dataloader
-from utils.ema import ModelEMA
-from utils.engine import StepContext, train_one_epoch
+from utils.data.dataset import build_dataloader
+from utils.data.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
+from utils.data.prepared import PreparedData
 from utils.errors import UserError
-from utils.fitness import fitness
-from utils.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
-from utils.loss import YoloLoss, scale_loss_gains
-from utils.optim import build_optimizer, fit_learning_rate, nominal_accumulation, scaled_weight_decay
-from utils.prepared_data import PreparedData
-from utils.run_outputs import RunOutputs
-from utils.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations
-from utils.validator import validate
+from utils.evaluation.fitness import fitness
+from utils.evaluation.validator import validate
+from utils.training.autoanchor import check_anchors
+from utils.training.checkpoint import load_checkpoint, transfer_weights
+from utils.training.ema import ModelEMA
+from utils.training.engine import StepContext, train_one_epoch
+from utils.training.loss import YoloLoss, scale_loss_gains
+from utils.training.optim import build_optimizer, fit_learning_rate, nominal_accumulation, scaled_weight_decay
+from utils.training.run_outputs import RunOutputs
+from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations
 
 LOGGER = logging.getLogger(__name__)
 

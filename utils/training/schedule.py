@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.optim import GROUP_NAMES, LR_FIT_LIMITS, NOMINAL_BATCH, OPTIMIZERS, nominal_accumulation
+from utils.training.optim import GROUP_NAMES, LR_FIT_LIMITS, NOMINAL_BATCH, OPTIMIZERS, nominal_accumulation
 
 SCHEDULERS = ("linear", "cos", "step", "multistep", "exp", "plateau", "warmcos")
 MIN_WARMUP_ITERS = 100

@@ -1,7 +1,7 @@
 """Every random draw of a GPU-augmented batch, with the CPU pipeline's distributions, from one torch.Generator.
 
 The draws run on the CPU generator and are tiny, so a seed gives the same plan on any device. The distributions
-follow ``utils.dataset.YoloDataset`` and ``utils.augment`` key by key (see each field's comment).
+follow ``utils.data.dataset.YoloDataset`` and ``utils.data.augment`` key by key (see each field's comment).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from utils.augment import hyp_value
+from utils.data.augment import hyp_value
 
-MIXUP_BETA = 32  # mixup's ratio is Beta(32, 32), as in utils.augment.mixup
+MIXUP_BETA = 32  # mixup's ratio is Beta(32, 32), as in utils.data.augment.mixup
 
 
 @dataclass
@@ -76,7 +76,7 @@ def _bernoulli(count: int, probability: float, generator: torch.Generator) -> to
 
 
 def draw_warps(count: int, hyp: dict, generator: torch.Generator) -> WarpDraws:
-    """``count`` sets of random_perspective parameters (the ranges of ``utils.augment._perspective_matrix``)."""
+    """``count`` sets of random_perspective parameters (the ranges of ``utils.data.augment._perspective_matrix``)."""
     perspective, degrees = hyp_value(hyp, "perspective"), hyp_value(hyp, "degrees")
     scale, shear, translate = hyp_value(hyp, "scale"), hyp_value(hyp, "shear"), hyp_value(hyp, "translate")
     return WarpDraws(
@@ -143,7 +143,7 @@ def warp_matrices(warps: WarpDraws, canvas_sizes: torch.Tensor, output_size: int
     """(n, 3, 3) float64 canvas -> output pixel maps: translate @ shear @ rotate+scale @ perspective @ centre.
 
     ``canvas_sizes`` (n,) is each square canvas's side (2S for a mosaic, S for a letterboxed image). This is the
-    composition of ``utils.augment._perspective_matrix``, with cv2.getRotationMatrix2D written out.
+    composition of ``utils.data.augment._perspective_matrix``, with cv2.getRotationMatrix2D written out.
     """
     count, options = len(canvas_sizes), {"dtype": torch.float64, "device": canvas_sizes.device}
 

@@ -13,9 +13,15 @@ import torch
 from torch import nn
 
 from utils.boxes import scale_boxes, xywhn2xyxy, xyxy2xywhn
-from utils.coco_json import coco_ground_truth, detection_results, ground_truth_annotations, image_entry, write_json
-from utils.metrics import DetectionMetrics, format_class_table
-from utils.postprocess import non_max_suppression
+from utils.evaluation.coco_json import (
+    coco_ground_truth,
+    detection_results,
+    ground_truth_annotations,
+    image_entry,
+    write_json,
+)
+from utils.evaluation.metrics import DetectionMetrics, format_class_table
+from utils.evaluation.postprocess import non_max_suppression
 
 LossFunction = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.augment import (
+from utils.boxes import clip_boxes, xyxy2xywhn
+from utils.data.augment import (
     augment_hsv,
     copy_paste,
     flip_labels,
@@ -20,10 +21,9 @@ from utils.augment import (
     random_perspective,
     scale_labels_to_pixels,
 )
-from utils.boxes import clip_boxes, xyxy2xywhn
-from utils.data_config import DataConfig
-from utils.image_cache import ImageCache, load_resized
-from utils.labels import LabeledSplit, scan_split
+from utils.data.config import DataConfig
+from utils.data.image_cache import ImageCache, load_resized
+from utils.data.labels import LabeledSplit, scan_split
 
 Item = tuple[torch.Tensor, torch.Tensor, str, tuple | None]
 

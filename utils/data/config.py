@@ -17,7 +17,7 @@ from utils.errors import UserError
 
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 SPLIT_NAMES = ("train", "val", "test")
-DATA_FOLDER = Path(__file__).resolve().parent.parent / "data"
+DATA_FOLDER = Path(__file__).resolve().parents[2] / "data"
 GENERATE_KEYS = {"seed", "train", "val", "img_size"}
 # train.py options a data yaml may recommend under ``defaults:`` (used only where the command line is silent)
 TRAIN_DEFAULT_TYPES = {"hyp": str, "optimizer": str, "epochs": int, "nbs": int, "close_mosaic": int}
@@ -172,7 +172,7 @@ def _generate(options: object, root: Path, yaml_path: Path) -> None:
     Nothing happens when ``root`` already holds what this generator version makes from these options. A folder
     that the generator did not make (no stamp) and that is not empty is refused, never replaced.
     """
-    from utils.synthetic import check_replaceable, generate_dataset, is_generated
+    from utils.data.synthetic import check_replaceable, generate_dataset, is_generated
 
     if not isinstance(options, dict) or set(options) - GENERATE_KEYS:
         raise UserError(f"{yaml_path}: key 'generate' must be a mapping with keys from {sorted(GENERATE_KEYS)}")

@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING
 import yaml
 from torch import nn
 
-from utils.checkpoint import float_state_dict, save_checkpoint
-from utils.metrics import METRIC_KEYS, TRAIN_LOSS_KEYS, VAL_LOSS_KEYS
+from utils.evaluation.metrics import METRIC_KEYS, TRAIN_LOSS_KEYS, VAL_LOSS_KEYS
 from utils.plots.data import plot_batch, plot_labels
 from utils.plots.results import plot_results
 from utils.plots.training import plot_lr
-from utils.schedule import learning_rate_curve
+from utils.training.checkpoint import float_state_dict, save_checkpoint
+from utils.training.schedule import learning_rate_curve
 from utils.yolo_csv import format_header, format_row
 
 if TYPE_CHECKING:
-    from utils.engine import StepContext
-    from utils.prepared_data import PreparedData
-    from utils.trainer import TrainOptions
+    from utils.data.prepared import PreparedData
+    from utils.training.engine import StepContext
+    from utils.training.trainer import TrainOptions
 
 LOGGER = logging.getLogger(__name__)
 RESULT_COLUMNS = ("epoch", *TRAIN_LOSS_KEYS, *METRIC_KEYS, *VAL_LOSS_KEYS, "x/lr0", "x/lr1", "x/lr2")

@@ -9,7 +9,7 @@ from copy import deepcopy
 import torch
 from torch import nn
 
-from utils.optim import unwrap_model
+from utils.training.optim import unwrap_model
 
 EMA_ATTRIBUTES = ("yaml", "num_classes")  # plain attributes checkpoints read; stride and anchors are buffers
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from utils.errors import UserError
-from utils.metrics import MAP50, MAP50_95, METRIC_ALIASES, METRIC_KEYS
+from utils.evaluation.metrics import MAP50, MAP50_95, METRIC_ALIASES, METRIC_KEYS
 
 DEFAULT_FITNESS_WEIGHTS = {MAP50: 0.1, MAP50_95: 0.9}
 

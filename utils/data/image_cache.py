@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.data.labels import LabeledSplit
 from utils.errors import UserError
-from utils.labels import LabeledSplit
 
 LOGGER = logging.getLogger(__name__)
 CACHE_MODES = ("ram", "disk")

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.ema import ModelEMA
 from utils.errors import UserError
-from utils.schedule import Scheduler, apply_iteration, iteration_settings
+from utils.training.ema import ModelEMA
+from utils.training.schedule import Scheduler, apply_iteration, iteration_settings
 
 LOSS_TERMS = ("box_loss", "obj_loss", "cls_loss")
 GRADIENT_CLIP_NORM = 10.0

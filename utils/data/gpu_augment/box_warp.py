@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-# utils.augment.box_candidates' defaults; tests/test_gpu_augment.py checks both rules agree.
+# utils.data.augment.box_candidates' defaults; tests/test_gpu_augment.py checks both rules agree.
 MIN_SIDE_PX = 2.0
 MAX_ASPECT = 100.0
 MIN_AREA_RATIO = 0.1
@@ -34,7 +34,7 @@ def _contains(polygons: torch.Tensor, x: float, y: float) -> torch.Tensor:
 def polygon_extents(polygons: torch.Tensor, width: float, height: float) -> torch.Tensor:
     """Exact xyxy extent of the part of each closed polygon (n, k, 2) inside the image -> (n, 4); zeros if none.
 
-    The torch twin of ``utils.augment.polygon_extents``: each edge is clipped to the image (Liang-Barsky), so a
+    The torch twin of ``utils.data.augment.polygon_extents``: each edge is clipped to the image (Liang-Barsky), so a
     rotated box cut by the border gets the box of its visible part, not the clipped box of its corners.
     """
     start = polygons.double()

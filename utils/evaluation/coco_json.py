@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import MAP50, MAP50_95
+from utils.evaluation.metrics import MAP50, MAP50_95
 
 REFERENCE_BACKENDS = ("pycocotools", "faster_coco_eval")
 

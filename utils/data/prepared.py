@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.autoanchor import label_wh
-from utils.data_config import DataConfig, load_data_config
-from utils.dataset import YoloDataset, build_dataloader, prepare_split
-from utils.gpu_augment import GpuBatchAugmenter
-from utils.image_cache import ImageCache
-from utils.labels import LabeledSplit
+from utils.data.config import DataConfig, load_data_config
+from utils.data.dataset import YoloDataset, build_dataloader, prepare_split
+from utils.data.gpu_augment import GpuBatchAugmenter
+from utils.data.image_cache import ImageCache
+from utils.data.labels import LabeledSplit
+from utils.training.autoanchor import label_wh
 
 VALIDATION_PAD = 0.5  # half a stride of padding around rectangular validation batches, as yolov5 does
 

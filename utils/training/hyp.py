@@ -10,7 +10,7 @@ import yaml
 
 from utils.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HYP_DIR = ROOT / "data" / "hyps"
 DEFAULT_HYP = HYP_DIR / "hyp.scratch-low.yaml"
 

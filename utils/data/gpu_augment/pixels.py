@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.augment import PAD_VALUE
+from utils.data.augment import PAD_VALUE
 
 TILE_CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))  # bilinear neighbours (dx, dy)
 WARPS_PER_CHUNK = 16  # at 640 px a chunk's index tensors take about half a GB
@@ -131,7 +131,7 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 def adjust_hsv(images: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     """Multiply hue (mod 1), saturation and value of float RGB images (b, ..., 3) in [0, 255] by ``gains`` (b, 3).
 
-    The same gains as ``utils.augment.augment_hsv`` applies through its lookup tables, without the 8-bit steps.
+    The same gains as ``utils.data.augment.augment_hsv`` applies through its lookup tables, without the 8-bit steps.
     """
     shape = (len(images),) + (1,) * (images.dim() - 2)
     hsv = rgb_to_hsv(images / 255)
