@@ -99,11 +99,14 @@ def main(args: argparse.Namespace) -> None:
         conf_thres=0.25 if speed_only else args.conf_thres,
         iou_thres=0.45 if speed_only else args.iou_thres,
         max_det=args.max_det,
-        plots=not (args.noplots or speed_only),
         save_json=args.save_json and not speed_only,
         save_txt=args.save_txt and not speed_only,
         max_detections_per_image=args.coco_max_dets,
     )
+    if save_dir is not None and not args.noplots:
+        from utils.plots.metrics import plot_validation  # matplotlib only when plotting
+
+        plot_validation(validation.accumulator, save_dir)
     if not speed_only:
         print(validation.table(per_class=args.verbose or config.num_classes < 50))
     speed = validation.speed_ms

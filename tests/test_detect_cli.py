@@ -13,7 +13,11 @@ import torch
 from torch import nn
 
 import detect
+from utils.data.sources import source_files
 from utils.errors import UserError
+from utils.evaluation.detector import Detector
+from utils.evaluation.label_txt import write_label_txt
+from utils.plots.annotate import draw
 
 ROOT = Path(__file__).resolve().parent.parent
 # An untrained model scores about 1e-3 (yolov5's objectness prior), so a tiny threshold yields detections to draw.
@@ -37,16 +41,16 @@ def test_source_files_from_file_folder_and_glob(tmp_path: Path) -> None:
     for name in ("a.jpg", "sub/b.png", "c.mp4", "notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert [path.name for path in detect.source_files(str(tmp_path))] == ["a.jpg", "c.mp4", "b.png"]
-    assert [path.name for path in detect.source_files(str(tmp_path / "*.jpg"))] == ["a.jpg"]
-    assert detect.source_files(str(tmp_path / "c.mp4")) == [tmp_path / "c.mp4"]
+    assert [path.name for path in source_files(str(tmp_path))] == ["a.jpg", "c.mp4", "b.png"]
+    assert [path.name for path in source_files(str(tmp_path / "*.jpg"))] == ["a.jpg"]
+    assert source_files(str(tmp_path / "c.mp4")) == [tmp_path / "c.mp4"]
 
 
 @pytest.mark.parametrize("source", ["missing_folder", "*.nothing", "notes.txt"])
 def test_source_files_errors_name_the_source(tmp_path: Path, source: str) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="--source"):
-        detect.source_files(str(tmp_path / source))
+        source_files(str(tmp_path / source))
 
 
 class FixedBoxModel(nn.Module):
@@ -63,7 +67,7 @@ class FixedBoxModel(nn.Module):
 
 def test_detector_maps_boxes_back_through_the_letterbox() -> None:
     model = FixedBoxModel()
-    detector = detect.Detector(model, ["a", "b"], torch.device("cpu"), img_size=128)
+    detector = Detector(model, ["a", "b"], torch.device("cpu"), img_size=128)
     # 100 x 40 scales by 1.28 to 128 x 51, padded to the next stride multiple: 128 x 64.
     detections = detector(np.zeros((40, 100, 3), dtype=np.uint8))
     assert model.input_shape == (1, 3, 64, 128)
@@ -74,14 +78,14 @@ def test_detector_maps_boxes_back_through_the_letterbox() -> None:
 
 def test_draw_marks_the_box_and_leaves_the_input_untouched() -> None:
     image = np.zeros((64, 64, 3), dtype=np.uint8)
-    annotated = detect.draw(image, np.array([[10, 20, 40, 50, 0.9, 1]]), ["a", "b"], thickness=2)
+    annotated = draw(image, np.array([[10, 20, 40, 50, 0.9, 1]]), ["a", "b"], thickness=2)
     assert image.sum() == 0
     assert annotated[35, 10].any() and not annotated[35, 25].any()  # on the left edge, not inside
 
 
 def test_write_txt_rows_are_normalised(tmp_path: Path) -> None:
     path = tmp_path / "labels" / "x.txt"
-    detect.write_txt(path, np.array([[0, 0, 50, 20, 0.5, 3]]), (40, 100, 3))
+    write_label_txt(path, np.array([[0, 0, 50, 20, 0.5, 3]]), (40, 100, 3))
     assert path.read_text().split() == ["3", "0.250000", "0.250000", "0.500000", "0.500000", "0.500000"]
 
 

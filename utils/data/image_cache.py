@@ -13,6 +13,7 @@ import numpy as np
 
 from utils.data.labels import LabeledSplit
 from utils.errors import UserError
+from utils.files import atomic_path
 
 LOGGER = logging.getLogger(__name__)
 CACHE_MODES = ("ram", "disk")
@@ -95,9 +96,8 @@ class ImageCache:
             return
         path = self.npy_path(index)
         if not path.exists():
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
-            np.save(temporary, load_resized(self.split.image_files[index], self.img_size)[0], allow_pickle=False)
-            os.replace(temporary, path)
+            with atomic_path(path, suffix=".npy") as temporary:  # np.save would append .npy to any other name
+                np.save(temporary, load_resized(self.split.image_files[index], self.img_size)[0], allow_pickle=False)
 
     def load(self, index: int) -> LoadedImage:
         """The cached resized image of split item ``index`` with its original and resized (h, w)."""

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
+from utils.files import write_atomic
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -196,16 +197,10 @@ def _read_cache(path: Path, expected_hash: str) -> list[dict] | None:
 
 
 def _write_cache(path: Path, content_hash: str, records: list[dict]) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps({"version": CACHE_VERSION, "hash": content_hash, "records": records}))
-        os.replace(temporary, path)  # atomic, so concurrent readers never see half a cache
-    except OSError as error:
+    try:  # atomic, so concurrent readers never see half a cache
+        write_atomic(path, json.dumps({"version": CACHE_VERSION, "hash": content_hash, "records": records}))
+    except OSError as error:  # a read-only dataset folder: scan again next time
         LOGGER.warning("label cache not written to %s: %s", path, error)
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def _scan_records(image_files: list[Path], num_classes: int, cache_path: Path | None) -> list[dict]:

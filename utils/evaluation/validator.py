@@ -1,4 +1,4 @@
-"""Validation: run a detector over a val loader, post-process, and score it (metrics, losses, plots, json)."""
+"""Validation: run a detector over a val loader, post-process, and score it (metrics, losses, txt, json)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.boxes import scale_boxes, xywhn2xyxy, xyxy2xywhn
+from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.evaluation.coco_json import (
     coco_ground_truth,
     detection_results,
@@ -20,6 +20,7 @@ from utils.evaluation.coco_json import (
     image_entry,
     write_json,
 )
+from utils.evaluation.label_txt import write_label_txt
 from utils.evaluation.metrics import DetectionMetrics, format_class_table
 from utils.evaluation.postprocess import non_max_suppression
 
@@ -64,7 +65,6 @@ def run_validation(
     loss_fn: LossFunction | None = None,
     half: bool = False,
     save_dir: Path | None = None,
-    plots: bool = False,
     save_json: bool = False,
     save_txt: bool = False,
     verbose: bool = False,
@@ -109,10 +109,6 @@ def run_validation(
     finally:
         model.train(was_training)
     validation = collector.finish(names)
-    if plots and save_dir is not None:
-        from utils.plots.metrics import plot_validation  # matplotlib only when plotting
-
-        plot_validation(validation.accumulator, save_dir)
     if verbose:
         print(validation.table(per_class=True))
     return validation
@@ -141,7 +137,7 @@ class _Collector:
         """detections (n, 6) and ground truth (m, 5) in the pixels of an image of ``shape`` (h, w)."""
         self.accumulator.update(detections, ground_truth)
         if self.save_txt and self.save_dir is not None:
-            _write_txt(self.save_dir / "labels" / f"{Path(path).stem}.txt", detections, shape)
+            write_label_txt(self.save_dir / "labels" / f"{Path(path).stem}.txt", detections, shape)
         if self.save_json:
             image_id = len(self.coco_images)
             self.coco_images.append(image_entry(image_id, Path(path).name, *shape))
@@ -190,15 +186,3 @@ def _to_original_pixels(
     detections[:, :4] = scale_boxes(detections[:, :4], (height, width), original_shape, ratio_pad)
     ground_truth[:, 1:] = scale_boxes(ground_truth[:, 1:], (height, width), original_shape, ratio_pad)
     return detections, ground_truth, tuple(int(size) for size in original_shape)
-
-
-def _write_txt(path: Path, detections: np.ndarray, image_shape: tuple[int, int]) -> None:
-    """One ``cls x y w h conf`` line per detection, normalised to the original image (yolov5 --save-txt --save-conf)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = image_shape
-    boxes = xyxy2xywhn(detections[:, :4], width, height)
-    lines = [
-        f"{int(cls)} {x:.6f} {y:.6f} {w:.6f} {h:.6f} {conf:.6f}"
-        for (x, y, w, h), conf, cls in zip(boxes, detections[:, 4], detections[:, 5])
-    ]
-    path.write_text("".join(f"{line}\n" for line in lines))

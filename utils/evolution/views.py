@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from utils.files import write_atomic
 from utils.yolo_csv import format_header, format_row
 
 # The 7 metric columns of yolov5's evolve.csv, in its order (fitness is computed from them, never by position).
@@ -31,20 +31,6 @@ YAML_NAME = "hyp_evolve.yaml"
 EVOLVE_PLOT_NAME = "evolve.png"
 FITNESS_PLOT_NAME = "fitness.png"
 VIEW_RECORD_NAME = ".views.json"  # sha256 of each view as this evolution last wrote it
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a whole file through a temporary sibling and ``os.replace``: readers never see half a file."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode) as file:
-            file.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; views are meant to be read by anyone
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def completed_children(study: optuna.Study) -> list[FrozenTrial]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from utils.evolution.views import write_atomic
+from utils.files import write_atomic
 
 
 def point_density(x: np.ndarray, y: np.ndarray, bins: int = 20) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch import nn
 
 from models.yolo import DetectionModel, build_model
 from utils.errors import UserError
+from utils.files import atomic_path
 
 REQUIRED_KEYS = ("model_cfg", "num_classes", "model")
 SAFE_TYPES = (torch.Tensor, str, int, float, bool, type(None))
@@ -45,12 +45,8 @@ def save_checkpoint(path: str | Path, **fields: Any) -> Path:
     path = Path(path)
     checkpoint = _plain(fields, "checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
