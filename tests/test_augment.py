@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from tests.rectangles import assert_box_bounds_mask, assert_boxes_on_objects, rectangles_image
-from utils.boxes import xywhn2xyxy
+from utils.boxes import box_candidates, xywhn2xyxy
 from utils.data.augment import (
     augment_hsv,
-    box_candidates,
     copy_paste,
     flip_labels,
     letterbox,

@@ -87,14 +87,3 @@ def test_state_round_trip_continues_exactly() -> None:
     restored.update(model)
     for key, tensor in ema.state_dict().items():
         assert torch.equal(restored.state_dict()[key], tensor), key
-
-
-def test_update_attributes_copies_plain_attributes() -> None:
-    model = tiny_model()
-    ema = ModelEMA(model)
-    model.yaml = {"nc": 3}
-    model.num_classes = 3
-    ema.update_attributes(model)
-    assert ema.ema.yaml == {"nc": 3} and ema.ema.num_classes == 3
-    model.yaml["nc"] = 4
-    assert ema.ema.yaml == {"nc": 3}  # a copy, not a shared dict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -16,11 +17,10 @@ from tests.rectangles import (
     assert_boxes_on_objects,
     rectangles_image,
 )
-from utils.boxes import xywhn2xyxy
+from utils.boxes import box_candidates, xywhn2xyxy
 from utils.data.augment import (
     _perspective_matrix,
     augment_hsv,
-    box_candidates,
     mosaic4,
     polygon_extents,
     random_perspective,
@@ -34,7 +34,7 @@ from utils.data.gpu_augment import (
     draw_plan,
     pack_images,
 )
-from utils.data.gpu_augment.draws import WarpDraws, draw_beta, draw_warps, warp_matrices
+from utils.data.gpu_augment.draws import BatchPlan, WarpDraws, draw_beta, draw_warps, warp_matrices
 from utils.data.gpu_augment.pixels import adjust_hsv
 from utils.data.image_cache import ImageCache
 from utils.data.labels import LabeledSplit, ScanReport, scan_split
@@ -194,6 +194,14 @@ def test_mosaic_boxes_come_from_their_tiles_with_their_class() -> None:
             assert set(targets[targets[:, 0] == item, 1].int().tolist()) <= shown
 
 
+def _without_mixup(plan: BatchPlan) -> BatchPlan:
+    """The same batch with the second mosaics dropped: what it looks like when the mixup draws all fail."""
+    count = plan.batch_size
+    return dataclasses.replace(plan, tiles=plan.tiles[:count], mosaic=plan.mosaic[:count],
+                               centres=plan.centres[:count], warps=plan.warps.select(slice(0, count)),
+                               mixup_parent=plan.mixup_parent[:0], mixup_ratio=plan.mixup_ratio[:0])  # fmt: skip
+
+
 def test_mixup_blends_near_half_and_keeps_both_label_sets() -> None:
     white = [np.full((height, width, 3), 250, np.uint8) for height, width in SHAPES]
     plain = _augmenter({"mosaic": 1.0}, images=white)
@@ -201,7 +209,7 @@ def test_mixup_blends_near_half_and_keeps_both_label_sets() -> None:
     plan = mixed.plan([0, 1, 2, 3], batch_generator(0, 0, 0))
     assert plan.mixup_parent.tolist() == [0, 1, 2, 3] and (plan.mixup_ratio - 0.5).abs().max() < 0.25
     images, targets = mixed.render(plan)
-    _, plain_targets = plain.render(plan.without_mixup())
+    _, plain_targets = plain.render(_without_mixup(plan))
     assert len(targets) > len(plain_targets)
     for item in range(4):
         own = plain_targets[plain_targets[:, 0] == item]
@@ -244,7 +252,7 @@ def test_visible_objects_keep_their_boxes_in_a_mosaic() -> None:
 )
 def test_box_candidates_agree_with_the_cpu_rule(before: list[float], after: list[float]) -> None:
     cpu = box_candidates(np.array([before], float), np.array([after], float))
-    gpu = box_warp.box_candidates(torch.tensor([before], dtype=torch.float64), torch.tensor([after]).double())
+    gpu = box_candidates(torch.tensor([before], dtype=torch.float64), torch.tensor([after]).double())
     assert gpu.tolist() == cpu.tolist()
 
 
@@ -355,7 +363,7 @@ def test_mosaic_centre_follows_the_cpu_law() -> None:
         canvas = mosaic4(solid, no_labels, [[]] * 4, 32, np.random.default_rng(seed))[0]
         ys, xs = np.nonzero(canvas[..., 0] == 10)
         cpu.append([xs.max() + 1, ys.max() + 1])
-    plan = draw_plan(torch.zeros(1000, dtype=torch.long), 4, 32, {"mosaic": 1.0}, True, torch.Generator())
+    plan = draw_plan(torch.zeros(1000, dtype=torch.long), 4, 32, {**NO_AUGMENT, "mosaic": 1.0}, True, torch.Generator())
     cpu, gpu = np.array(cpu, float), plan.centres.numpy().astype(float)
     for axis in range(2):
         _assert_same_law(cpu[:, axis], gpu[:, axis], f"centre {axis}")
@@ -386,13 +394,14 @@ def test_hsv_gains_follow_the_cpu_law(key: str) -> None:
 @pytest.mark.parametrize("probability", [0.0, 0.3, 1.0])
 def test_draw_rates_match_their_probability(key: str, field: str, probability: float) -> None:
     """The CPU pipeline's ``rng.random() < p``: the rate is p within 4 binomial standard deviations."""
-    plan = draw_plan(torch.arange(4000) % 4, 4, SIZE, {key: probability}, True, torch.Generator().manual_seed(1))
+    plan = draw_plan(torch.arange(4000) % 4, 4, SIZE, {**NO_AUGMENT, key: probability}, True,
+                     torch.Generator().manual_seed(1))  # fmt: skip
     rate = getattr(plan, field)[:4000].double().mean().item()
     assert abs(rate - probability) <= 4 * (probability * (1 - probability) / 4000) ** 0.5 + 1e-12
 
 
 def test_mixup_only_follows_mosaic_with_its_probability() -> None:
-    hyp = {"mosaic": 0.5, "mixup": 0.4}
+    hyp = {**NO_AUGMENT, "mosaic": 0.5, "mixup": 0.4}
     plan = draw_plan(torch.zeros(4000, dtype=torch.long), 7, SIZE, hyp, True, torch.Generator().manual_seed(2))
     parents = plan.mixup_parent
     assert plan.mosaic[parents].all()

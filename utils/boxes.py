@@ -100,22 +100,16 @@ def box_area(boxes: Array) -> Array:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Pairwise IoU of (n, 4) and (m, 4) xyxy boxes -> (n, m)."""
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(2)
-    union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
-    return inter / (union + eps)
-
-
-def box_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    """Pairwise IoU of (n, 4) and (m, 4) xyxy numpy boxes -> (n, m)."""
-    top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(2)
-    union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
-    return inter / (union + eps)
+def box_candidates(
+    before: Array, after: Array, wh_thr: float = 2, ar_thr: float = 100, area_thr: float = 0.1, eps: float = 1e-16
+) -> Array:
+    """yolov5's rule after a warp: keep boxes (n, 4 xyxy) wider and higher than ``wh_thr`` px, with an aspect below
+    ``ar_thr`` and more than ``area_thr`` of their scaled area before the warp -> bool (n,). numpy or torch."""
+    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    maximum = torch.maximum if isinstance(after, torch.Tensor) else np.maximum
+    aspect = maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (aspect < ar_thr)
 
 
 def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.boxes import box_area, xywhn2xyxy
+from utils.boxes import box_area, box_candidates, xywhn2xyxy
 
 PAD_VALUE = 114
 
@@ -59,17 +59,6 @@ def augment_hsv(image: np.ndarray, rng: np.random.Generator, hgain: float, sgain
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
-def box_candidates(
-    before: np.ndarray, after: np.ndarray, wh_thr: float = 2, ar_thr: float = 100, area_thr: float = 0.1, eps=1e-16
-) -> np.ndarray:
-    """Keep boxes (n, 4 xyxy) at least ``wh_thr`` px wide and high, not thinner than ``ar_thr``, and that keep
-    ``area_thr`` of their (scaled) area -> bool (n,)."""
-    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
-    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
-    aspect = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
-    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (aspect < ar_thr)
-
-
 def _warp_points(points: np.ndarray, matrix: np.ndarray, projective: bool) -> np.ndarray:
     homogeneous = np.concatenate([points, np.ones((len(points), 1), np.float32)], 1) @ matrix.T
     return homogeneous[:, :2] / homogeneous[:, 2:3] if projective else homogeneous[:, :2]
@@ -116,16 +105,16 @@ def _perspective_matrix(
     centre = np.eye(3)
     centre[0, 2], centre[1, 2] = -shape[1] / 2, -shape[0] / 2
     perspective = np.eye(3)
-    perspective[2, 0], perspective[2, 1] = rng.uniform(-hyp_value(hyp, "perspective"), hyp_value(hyp, "perspective"), 2)
+    perspective[2, 0], perspective[2, 1] = rng.uniform(-hyp["perspective"], hyp["perspective"], 2)
     rotation = np.eye(3)
-    angle = rng.uniform(-hyp_value(hyp, "degrees"), hyp_value(hyp, "degrees"))
-    scale = rng.uniform(1 - hyp_value(hyp, "scale"), 1 + hyp_value(hyp, "scale"))
+    angle = rng.uniform(-hyp["degrees"], hyp["degrees"])
+    scale = rng.uniform(1 - hyp["scale"], 1 + hyp["scale"])
     rotation[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=scale)
     shear = np.eye(3)
-    shear[0, 1], shear[1, 0] = np.tan(np.radians(rng.uniform(-hyp_value(hyp, "shear"), hyp_value(hyp, "shear"), 2)))
+    shear[0, 1], shear[1, 0] = np.tan(np.radians(rng.uniform(-hyp["shear"], hyp["shear"], 2)))
     translation = np.eye(3)
-    translation[0, 2] = rng.uniform(0.5 - hyp_value(hyp, "translate"), 0.5 + hyp_value(hyp, "translate")) * output[1]
-    translation[1, 2] = rng.uniform(0.5 - hyp_value(hyp, "translate"), 0.5 + hyp_value(hyp, "translate")) * output[0]
+    translation[0, 2] = rng.uniform(0.5 - hyp["translate"], 0.5 + hyp["translate"]) * output[1]
+    translation[1, 2] = rng.uniform(0.5 - hyp["translate"], 0.5 + hyp["translate"]) * output[0]
     return translation @ shear @ rotation @ perspective @ centre, scale
 
 
@@ -145,7 +134,7 @@ def random_perspective(
     """
     output = (image.shape[0] + 2 * border[0], image.shape[1] + 2 * border[1])
     matrix, scale = _perspective_matrix(image.shape[:2], output, rng, hyp)
-    projective = bool(hyp_value(hyp, "perspective"))
+    projective = bool(hyp["perspective"])
     if border != (0, 0) or not np.allclose(matrix, np.eye(3)):
         size, fill = (output[1], output[0]), (PAD_VALUE, PAD_VALUE, PAD_VALUE)
         if projective:
@@ -262,11 +251,6 @@ def flip_labels(labels: np.ndarray, horizontal: bool) -> np.ndarray:
     column = 1 if horizontal else 2
     flipped[:, column] = 1 - flipped[:, column]
     return flipped
-
-
-def hyp_value(hyp: dict, key: str) -> float:
-    """A hyp entry, 0 when absent: older hyp files lack keys such as ``copy_paste``."""
-    return float(hyp.get(key, 0.0) or 0.0)
 
 
 def scale_labels_to_pixels(labels: np.ndarray, width: float, height: float, pad: tuple[float, float]) -> np.ndarray:

@@ -14,7 +14,6 @@ from utils.data.augment import (
     augment_hsv,
     copy_paste,
     flip_labels,
-    hyp_value,
     letterbox,
     mixup,
     mosaic4,
@@ -104,7 +103,7 @@ class YoloDataset(Dataset):
         labels = [self.split.labels[i] for i in indices]
         segments = [self.split.segments[i] for i in indices]
         image, labels, segments = mosaic4(images, labels, segments, self.img_size, rng)
-        image, labels, segments = copy_paste(image, labels, segments, rng, hyp_value(self.hyp, "copy_paste"))
+        image, labels, segments = copy_paste(image, labels, segments, rng, self.hyp["copy_paste"])
         border = -(self.img_size // 2)
         image, labels, _ = random_perspective(image, labels, segments, rng, self.hyp, border=(border, border))
         return image, labels
@@ -125,9 +124,9 @@ class YoloDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         split_index = int(self.order[index])
         shapes = None
-        if self.use_mosaic and rng.random() < hyp_value(self.hyp, "mosaic"):
+        if self.use_mosaic and rng.random() < self.hyp["mosaic"]:
             image, labels = self._load_mosaic(split_index, rng)
-            if rng.random() < hyp_value(self.hyp, "mixup"):
+            if rng.random() < self.hyp["mixup"]:
                 other_image, other_labels = self._load_mosaic(int(rng.integers(len(self.split))), rng)
                 image, labels = mixup(image, labels, other_image, other_labels, rng)
         else:
@@ -138,10 +137,10 @@ class YoloDataset(Dataset):
         if len(labels):
             labels[:, 1:] = xyxy2xywhn(clip_boxes(labels[:, 1:], height, width), width, height)
         if self.augment:
-            image = augment_hsv(image, rng, *(hyp_value(self.hyp, k) for k in ("hsv_h", "hsv_s", "hsv_v")))
-            if rng.random() < hyp_value(self.hyp, "flipud"):
+            image = augment_hsv(image, rng, *(self.hyp[k] for k in ("hsv_h", "hsv_s", "hsv_v")))
+            if rng.random() < self.hyp["flipud"]:
                 image, labels = np.flipud(image), flip_labels(labels, horizontal=False)
-            if rng.random() < hyp_value(self.hyp, "fliplr"):
+            if rng.random() < self.hyp["fliplr"]:
                 image, labels = np.fliplr(image), flip_labels(labels, horizontal=True)
         targets = torch.zeros((len(labels), 6))
         targets[:, 1:] = torch.from_numpy(labels)

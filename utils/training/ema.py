@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from copy import deepcopy
 
 import torch
 from torch import nn
 
 from utils.training.optim import unwrap_model
-
-EMA_ATTRIBUTES = ("yaml", "num_classes")  # plain attributes checkpoints read; stride and anchors are buffers
 
 
 class ModelEMA:
@@ -44,13 +42,6 @@ class ModelEMA:
         currents = [model_state[key].detach().to(average.dtype) for key, average in averages.items()]
         # lerp by (1 - keep) is keep * average + (1 - keep) * current; one fused call instead of a kernel per tensor
         torch._foreach_lerp_(list(averages.values()), currents, 1 - keep)
-
-    def update_attributes(self, model: nn.Module, include: Iterable[str] = EMA_ATTRIBUTES) -> None:
-        """Copy plain attributes (not weights) that the training model may have changed, e.g. the cfg dict."""
-        model = unwrap_model(model)
-        for name in include:
-            if hasattr(model, name):
-                setattr(self.ema, name, deepcopy(getattr(model, name)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged model's state dict (store ``updates`` next to it, as the checkpoint's "ema_updates")."""

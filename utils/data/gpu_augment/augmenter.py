@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.data.augment import hyp_value
 from utils.data.dataset import EpochSampler
 from utils.data.gpu_augment.box_warp import warp_boxes
 from utils.data.gpu_augment.draws import BatchPlan, batch_generator, draw_plan, warp_matrices
@@ -124,7 +123,7 @@ class GpuBatchAugmenter:
     @staticmethod
     def supports(hyp: dict[str, float], split: LabeledSplit) -> bool:
         """False when the CPU pipeline would use polygons: copy_paste, and box fitting from segments."""
-        return not any(len(segments) for segments in split.segments) or not hyp_value(hyp, "copy_paste")
+        return not any(len(segments) for segments in split.segments) or not hyp["copy_paste"]
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -172,7 +171,7 @@ class GpuBatchAugmenter:
             ratio = plan.mixup_ratio.float().to(self.device)[:, None, None]
             warped[parents] = warped[parents] * ratio + warped[count:] * (1 - ratio)
         images = warped[:count]
-        if any(hyp_value(self.hyp, key) for key in ("hsv_h", "hsv_s", "hsv_v")):
+        if any(self.hyp[key] for key in ("hsv_h", "hsv_s", "hsv_v")):
             images = adjust_hsv(images, plan.hsv_gains.float().to(self.device))
         images = images.round_().clamp_(0, 255).to(torch.uint8).view(count, size, size, 3)
         images = flip_images(images, plan.flip_up_down, plan.flip_left_right)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-# utils.data.augment.box_candidates' defaults; tests/test_gpu_augment.py checks both rules agree.
-MIN_SIDE_PX = 2.0
-MAX_ASPECT = 100.0
-MIN_AREA_RATIO = 0.1
+from utils.boxes import box_candidates
 
 
 def box_corners(boxes: torch.Tensor) -> torch.Tensor:
@@ -58,22 +55,6 @@ def polygon_extents(polygons: torch.Tensor, width: float, height: float) -> torc
     whole_image = torch.tensor([0.0, 0.0, width, height], dtype=extents.dtype, device=extents.device)
     covering = ~visible & _contains(start, width / 2, height / 2)  # the object covers the whole image
     return torch.where(covering[:, None], whole_image, extents)
-
-
-def box_candidates(
-    before: torch.Tensor,
-    after: torch.Tensor,
-    wh_thr: float = MIN_SIDE_PX,
-    ar_thr: float = MAX_ASPECT,
-    area_thr: float = MIN_AREA_RATIO,
-    eps: float = 1e-16,
-) -> torch.Tensor:
-    """yolov5's rule: keep boxes (n, 4 xyxy) wider and higher than ``wh_thr`` px, with an aspect below ``ar_thr``
-    and more than ``area_thr`` of their scaled area before the warp -> bool (n,)."""
-    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
-    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
-    aspect = torch.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
-    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (aspect < ar_thr)
 
 
 def warp_boxes(

@@ -7,12 +7,10 @@ follow ``utils.data.dataset.YoloDataset`` and ``utils.data.augment`` key by key 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from utils.data.augment import hyp_value
 
 MIXUP_BETA = 32  # mixup's ratio is Beta(32, 32), as in utils.data.augment.mixup
 
@@ -53,13 +51,6 @@ class BatchPlan:
     def batch_size(self) -> int:
         return len(self.hsv_gains)
 
-    def without_mixup(self) -> BatchPlan:
-        """The same batch with the second mosaics dropped: what it looks like when the mixup draws all fail."""
-        count, no_mixup = self.batch_size, self.mixup_parent[:0]
-        return replace(self, tiles=self.tiles[:count], mosaic=self.mosaic[:count], centres=self.centres[:count],
-                       warps=self.warps.select(slice(0, count)), mixup_parent=no_mixup,
-                       mixup_ratio=self.mixup_ratio[:0])  # fmt: skip
-
 
 def batch_generator(seed: int, epoch: int, batch_index: int, rank: int = 0) -> torch.Generator:
     """A CPU generator for one batch, seeded like the CPU pipeline's ``default_rng([seed, epoch, index])``."""
@@ -77,8 +68,8 @@ def _bernoulli(count: int, probability: float, generator: torch.Generator) -> to
 
 def draw_warps(count: int, hyp: dict, generator: torch.Generator) -> WarpDraws:
     """``count`` sets of random_perspective parameters (the ranges of ``utils.data.augment._perspective_matrix``)."""
-    perspective, degrees = hyp_value(hyp, "perspective"), hyp_value(hyp, "degrees")
-    scale, shear, translate = hyp_value(hyp, "scale"), hyp_value(hyp, "shear"), hyp_value(hyp, "translate")
+    perspective, degrees = hyp["perspective"], hyp["degrees"]
+    scale, shear, translate = hyp["scale"], hyp["shear"], hyp["translate"]
     return WarpDraws(
         perspective=_uniform((count, 2), -perspective, perspective, generator),
         angle=_uniform((count,), -degrees, degrees, generator),
@@ -109,9 +100,9 @@ def draw_plan(
     """Draw everything a batch of split ``indices`` needs, the way ``YoloDataset.__getitem__`` does per item."""
     indices = indices.long().cpu()
     count = len(indices)
-    mosaic = _bernoulli(count, hyp_value(hyp, "mosaic"), generator) & use_mosaic
+    mosaic = _bernoulli(count, hyp["mosaic"], generator) & use_mosaic
     partners, centres = _draw_mosaics(count, num_images, img_size, generator)
-    mixup = _bernoulli(count, hyp_value(hyp, "mixup"), generator) & mosaic  # mixup blends two mosaics only
+    mixup = _bernoulli(count, hyp["mixup"], generator) & mosaic  # mixup blends two mosaics only
     mixup_parent = mixup.nonzero().flatten()
     extra = len(mixup_parent)
     extra_first = torch.randint(0, num_images, (extra,), generator=generator)
@@ -125,7 +116,7 @@ def draw_plan(
     tiles[:count][~mosaic] = indices[~mosaic, None]  # a letterboxed item shows its own image only
     all_mosaic = torch.cat([mosaic, torch.ones(extra, dtype=torch.bool)])
     all_centres = torch.cat([centres, extra_centres]) * all_mosaic[:, None]
-    gains = torch.tensor([hyp_value(hyp, key) for key in ("hsv_h", "hsv_s", "hsv_v")], dtype=torch.float64)
+    gains = torch.tensor([hyp[key] for key in ("hsv_h", "hsv_s", "hsv_v")], dtype=torch.float64)
     return BatchPlan(
         tiles=tiles,
         mosaic=all_mosaic,
@@ -134,8 +125,8 @@ def draw_plan(
         mixup_parent=mixup_parent,
         mixup_ratio=draw_beta(extra, generator),
         hsv_gains=_uniform((count, 3), -1, 1, generator) * gains + 1,
-        flip_up_down=_bernoulli(count, hyp_value(hyp, "flipud"), generator),
-        flip_left_right=_bernoulli(count, hyp_value(hyp, "fliplr"), generator),
+        flip_up_down=_bernoulli(count, hyp["flipud"], generator),
+        flip_left_right=_bernoulli(count, hyp["fliplr"], generator),
     )
 
 
