@@ -10,38 +10,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.cli import CliParser
+from utils import cli
 from utils.data.sources import is_video, source_files
 from utils.device import select_device
-from utils.errors import UserError, run_cli
-from utils.evaluation.detector import Detector, annotate_file
+from utils.errors import run_cli
+from utils.evaluation.detector import Detector
+from utils.plots.annotate import annotate_file
 from utils.run_dir import increment_path
 from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = CliParser(description=__doc__)
-    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
-    parser.add_argument("--source", required=True, help="image, video, folder or glob (quote it: 'imgs/*.jpg')")
-    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
-    parser.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
-    parser.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
-    parser.add_argument("--classes", nargs="+", type=int, default=None, help="keep only these class ids")
-    parser.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
-    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
-    parser.add_argument("--line-thickness", type=int, default=2, help="box thickness (pixels)")
-    parser.add_argument("--project", default=str(ROOT / "runs" / "detect"), help="save to project/name")
-    parser.add_argument("--name", default="exp", help="save to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
-    return parser
-
-
 def main(args: argparse.Namespace) -> None:
-    if args.imgsz < 32 or args.max_det < 1:
-        raise UserError("--img must be >= 32 and --max-det >= 1")
+    cli.check_flags(args)
     files = source_files(args.source)
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.weights)
@@ -59,4 +41,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda: main(get_args_parser().parse_args())))
+    sys.exit(run_cli(lambda: main(cli.detect_parser(__doc__).parse_args())))

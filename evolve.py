@@ -1,34 +1,28 @@
-"""Hyperparameter evolution entry point: ``python evolve.py ... --evolve N`` is ``python train.py ... --evolve N``.
+"""Hyperparameter evolution: ``python evolve.py --data coco128.yaml --evolve N`` (300 children without N).
 
-Library use: ``evolve.run(objective, base_hyp, meta, n, run_dir=...)`` (see utils/evolution/runner.py).
+It takes train.py's flags and does what ``python train.py --evolve`` does. The library behind it evolves any
+objective: ``from utils.evolution import run`` (see utils/evolution/README.md).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
+from utils import cli
 from utils.errors import run_cli
-from utils.evolution import ChildContext, add_evolve_arguments, evolve_options, load_meta, run, validate_search_space
-
-__all__ = [
-    "ChildContext",
-    "add_evolve_arguments",
-    "evolve_options",
-    "load_meta",
-    "main",
-    "run",
-    "validate_search_space",
-]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse train.py's options, force evolution (300 children unless --evolve N), and hand over to train.main."""
-    import train  # lazily: training pulls in torch and the data pipeline
+    """Parse train.py's options, evolve (300 children unless --evolve N)."""
+    from utils.evolution.training_objective import evolve_training
 
-    args = train.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = cli.parse_train_args(argv, description=__doc__)
     if args.evolve is None:
-        args.evolve = 300
-    train.main(args)
+        args.evolve = cli.DEFAULT_CHILDREN
+    cli.check_flags(args)
+    evolve_training(cli.build_evolve_options(args), cli.build_training_job(args))
 
 
 if __name__ == "__main__":

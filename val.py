@@ -13,10 +13,10 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from utils.cli import CliParser
+from utils import cli
 from utils.data.config import DataConfig, load_data_config
-from utils.data.dataset import YoloDataset, build_dataloader, prepare_split
-from utils.data.prepared import VALIDATION_PAD
+from utils.data.dataset import prepare_split
+from utils.data.prepared import validation_loader
 from utils.device import select_device
 from utils.errors import UserError, run_cli
 from utils.evaluation.coco_json import available_backend, reference_map
@@ -29,51 +29,17 @@ from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 ROOT = Path(__file__).resolve().parent
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = CliParser(description=__doc__)
-    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
-    parser.add_argument("--data", default="shapes.yaml", help="data yaml")
-    parser.add_argument("--batch-size", "--batch", type=int, default=32, help="batch size")
-    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
-    parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
-    parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image after NMS")
-    parser.add_argument(
-        "--coco-max-dets",
-        type=int,
-        default=None,
-        help="score only the top N detections per image and class, as COCOeval's maxDets (100 reproduces COCO)",
-    )
-    parser.add_argument("--task", default="val", choices=("val", "test", "speed"), help="split to score, or speed")
-    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
-    parser.add_argument("--workers", type=int, default=2, help="dataloader workers")
-    parser.add_argument("--half", action="store_true", help="FP16 autocast inference (CUDA only)")
-    parser.add_argument("--save-txt", action="store_true", help="save detections to labels/*.txt (with conf)")
-    parser.add_argument("--save-json", action="store_true", help="save COCO json and print the reference mAP")
-    parser.add_argument("--noplots", action="store_true", help="save no plots")
-    parser.add_argument("--verbose", action="store_true", help="per-class table even for many classes")
-    parser.add_argument("--fitness", default=None, help="also print fitness with these weights, e.g. 'mAP50-95=1'")
-    parser.add_argument("--project", default=str(ROOT / "runs" / "val"), help="save to project/name")
-    parser.add_argument("--name", default="exp", help="save to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
-    return parser
-
-
 def build_loader(
     data_yaml: str, split_name: str, img_size: int, batch_size: int, workers: int, stride: int
 ) -> tuple[DataConfig, DataLoader]:
     """(DataConfig, rectangular DataLoader) over one split of a data yaml, as validation during training uses."""
     config = load_data_config(data_yaml)
     split, _ = prepare_split(config, split_name, img_size)
-    dataset = YoloDataset(
-        split, img_size, {}, augment=False, rect=True, batch_size=batch_size, stride=stride, pad=VALIDATION_PAD
-    )
-    return config, build_dataloader(dataset, batch_size, workers, shuffle=False)
+    return config, validation_loader(split, img_size, batch_size, workers, stride)
 
 
 def main(args: argparse.Namespace) -> None:
-    if min(args.batch_size, args.max_det, args.coco_max_dets or 1) < 1 or args.imgsz < 32:
-        raise UserError("--batch-size, --max-det and --coco-max-dets must be >= 1 and --img >= 32")
+    cli.check_flags(args)
     fitness_weights = parse_fitness_weights(args.fitness) if args.fitness else None
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.weights)
@@ -135,4 +101,4 @@ def print_reference(validation: Validation, max_detections: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda: main(get_args_parser().parse_args())))
+    sys.exit(run_cli(lambda: main(cli.val_parser(__doc__).parse_args())))

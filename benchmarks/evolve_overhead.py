@@ -27,7 +27,8 @@ from utils.data.synthetic import SHAPE_NAMES, generate_dataset  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.evolution import load_meta, run  # noqa: E402
 from utils.training.hyp import load_hyp  # noqa: E402
-from utils.training.trainer import TrainOptions, train  # noqa: E402
+from utils.training.options import OutputOptions, TrainOptions  # noqa: E402
+from utils.training.trainer import train  # noqa: E402
 
 
 def make_dataset(folder: Path, images: int, img_size: int) -> Path:
@@ -67,7 +68,7 @@ def main() -> None:
         setup_seconds = time.perf_counter() - start
         options = TrainOptions(
             epochs=args.epochs, batch_size=args.batch, device=select_device(args.device), workers=args.workers,
-            show_progress=False, plots=False, validate_every_epoch=False,
+            validate_every_epoch=False, outputs=OutputOptions(show_progress=False, plots=False),
         )  # fmt: skip
         training_seconds: list[float] = []
 

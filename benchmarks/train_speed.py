@@ -23,7 +23,8 @@ from utils.data.prepared import prepare_data  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.training.engine import train_one_epoch  # noqa: E402
 from utils.training.hyp import load_hyp  # noqa: E402
-from utils.training.trainer import TrainOptions, build_detector, build_step_context  # noqa: E402
+from utils.training.options import OutputOptions, TrainOptions  # noqa: E402
+from utils.training.trainer import build_detector, build_step_context  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -86,8 +87,8 @@ def main() -> None:
     hyp = load_hyp()
     data = prepare_data(args.data, args.img, "ram")
     options = TrainOptions(
-        epochs=1, batch_size=args.batch, cfg=args.cfg, device=device, workers=args.workers, show_progress=False,
-        plots=False, amp=args.amp,
+        epochs=1, batch_size=args.batch, cfg=args.cfg, device=device, workers=args.workers, amp=args.amp,
+        outputs=OutputOptions(show_progress=False, plots=False),
     )  # fmt: skip
     dataset = data.train_dataset(hyp, args.batch, seed=0)
     loader = build_dataloader(dataset, args.batch, args.workers, shuffle=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models.yolo import build_model
-from utils.training.autoanchor import best_possible_recall, check_anchors, kmean_anchors, label_wh
+from utils.data.labels import label_sizes
+from utils.training.autoanchor import best_possible_recall, check_anchors, kmean_anchors
 
 DEFAULT_ANCHORS = np.array(
     [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], [116, 90], [156, 198], [373, 326]], np.float32
@@ -43,13 +44,13 @@ def test_best_possible_recall_accepts_tensors_and_zero_anchors() -> None:
     assert (bpr, above) == (1.0, 1.0)
 
 
-def test_label_wh_scales_to_long_side_and_drops_tiny_boxes() -> None:
+def test_label_sizes_scales_to_long_side_and_drops_tiny_boxes() -> None:
     shapes = np.array([[640, 480], [100, 200]])
     labels = [
         np.array([[0, 0.5, 0.5, 0.5, 0.5], [1, 0.5, 0.5, 0.001, 0.001]], np.float32),
         np.array([[2, 0.5, 0.5, 0.1, 0.25]], np.float32),
     ]
-    wh = label_wh(shapes, labels, img_size=320)
+    wh = label_sizes(shapes, labels, img_size=320)
     np.testing.assert_allclose(wh, [[160, 120], [16, 80]])
     assert wh.dtype == np.float32
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import detect
+from utils import cli
 from utils.data.sources import source_files
 from utils.errors import UserError
 from utils.evaluation.detector import Detector
@@ -93,8 +94,8 @@ def test_detect_on_images_and_a_video(tiny_checkpoint: Path, val_images: Path, t
     video = write_video(tmp_path / "clip.mp4")
     arguments = ["--weights", str(tiny_checkpoint), "--img", "128", "--conf-thres", LOW_CONF, "--max-det", "3",
                  "--project", str(tmp_path / "runs"), "--save-txt", "--device", "cpu"]  # fmt: skip
-    detect.main(detect.get_args_parser().parse_args([*arguments, "--source", str(val_images)]))
-    detect.main(detect.get_args_parser().parse_args([*arguments, "--source", str(video)]))
+    detect.main(cli.detect_parser().parse_args([*arguments, "--source", str(val_images)]))
+    detect.main(cli.detect_parser().parse_args([*arguments, "--source", str(video)]))
     images_run, video_run = tmp_path / "runs" / "exp", tmp_path / "runs" / "exp2"
     sources = sorted(val_images.glob("*.jpg"))  # other tests may leave disk-cache .npy files beside the images
     assert sorted(path.name for path in images_run.glob("*.jpg")) == [path.name for path in sources]

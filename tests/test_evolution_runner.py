@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 
 import pytest
 from optuna.trial import TrialState
 
-import evolve
 from tests.evolve_worker import synthetic_metrics
 from utils.errors import UserError
-from utils.evolution import add_evolve_arguments, evolve_options, load_meta, run
+from utils.evolution import load_meta, run
 from utils.training.hyp import load_hyp
 
 
@@ -38,8 +36,12 @@ def test_run_writes_views_and_resumes_toward_n(tmp_path):
     assert (run_dir / "hyp_evolve.yaml").read_text().count("lr0:") == 1
 
 
-def test_evolve_py_reexports_run():
-    assert evolve.run is run
+def test_the_python_api_is_the_evolution_package():
+    import utils.evolution
+
+    assert utils.evolution.run is run and {"run", "ChildContext", "EvolveOptions", "load_meta"} <= set(
+        utils.evolution.__all__
+    )
 
 
 def test_failing_child_is_recorded_and_evolution_goes_on(tmp_path):
@@ -157,18 +159,6 @@ def test_import_then_evolve(tmp_path):
     assert study.trials[3].user_attrs["hyp"] == load_hyp()  # the first own child is the base hyp
 
 
-def test_cli_flags():
-    parser = add_evolve_arguments(argparse.ArgumentParser())
-    assert parser.parse_args([]).evolve is None
-    assert parser.parse_args(["--evolve"]).evolve == 300
-    args = parser.parse_args(["--evolve", "30", "--freeze-hyp", "lr0, mosaic", "--sampler", "tpe", "--prune"])
-    options = evolve_options(args)
-    assert options["n"] == 30 and options["freeze"] == ("lr0", "mosaic") and options["sampler"] == "tpe"
-    assert options["prune"] and set(options["meta"]) == set(load_meta())
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--sampler", "nsga"])
-
-
 def test_a_different_setup_cannot_join_the_study(tmp_path):
     run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, setup={"data": "a.yaml"}, plots=False)
     run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup={"data": "a.yaml"}, plots=False)
@@ -190,24 +180,12 @@ def test_only_scalar_metrics_are_recorded(tmp_path):
     assert study.trials[0].user_attrs["metrics"]["fitness"] == 0.5
 
 
-def test_evolve_main_forwards_to_train(monkeypatch):
-    import train
-
-    seen = {}
-    monkeypatch.setattr(train, "main", lambda args: seen.update(vars(args)))
-    evolve.main(["--data", "coco128.yaml"])
-    assert seen["evolve"] == 300 and seen["data"] == "coco128.yaml"
-    evolve.main(["--evolve", "30", "--sampler", "tpe"])
-    assert seen["evolve"] == 30 and seen["sampler"] == "tpe"
-
-
 def test_workers_with_another_optimizer_or_nominal_batch_cannot_join(tmp_path):
-    import train
-    from utils.evolution.training_objective import evolution_setup
+    from utils.cli import evolution_setup, parse_train_args
 
-    first = evolution_setup(train.parse_args(["--evolve", "2"]))
+    first = evolution_setup(parse_train_args(["--evolve", "2"]))
     assert first["optimizer"] == "AdamW" and first["nbs"] == 16  # shapes.yaml's recommended recipe
     run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, setup=first, plots=False)
-    sgd = evolution_setup(train.parse_args(["--evolve", "2", "--optimizer", "SGD", "--nbs", "64"]))
+    sgd = evolution_setup(parse_train_args(["--evolve", "2", "--optimizer", "SGD", "--nbs", "64"]))
     with pytest.raises(UserError, match="different nbs, optimizer"):
         run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup=sgd, plots=False)

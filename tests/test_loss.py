@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.yolo import build_model
-from utils.training.loss import FocalLoss, YoloLoss, scale_loss_gains
+from utils.training.loss import FocalLoss, YoloLoss
 
 HYP = {
     "box": 0.05,
@@ -34,16 +34,6 @@ def many_targets(batch_size: int, count: int, seed: int = 0) -> torch.Tensor:
     xy = torch.rand(count, 2, generator=generator) * 0.8 + 0.1
     wh = torch.rand(count, 2, generator=generator) * 0.6 + 0.02
     return torch.cat((image, cls, xy, wh), 1)
-
-
-def test_scale_loss_gains_returns_new_dict() -> None:
-    hyp = dict(HYP, lr0=0.01)
-    scaled = scale_loss_gains(hyp, num_layers=4, num_classes=20, img_size=320)
-    assert hyp == dict(HYP, lr0=0.01)
-    assert scaled is not hyp and scaled["lr0"] == 0.01
-    assert scaled["box"] == pytest.approx(0.05 * 3 / 4)
-    assert scaled["cls"] == pytest.approx(0.5 * 20 / 80 * 3 / 4)
-    assert scaled["obj"] == pytest.approx(1.0 * 0.25 * 3 / 4)
 
 
 @pytest.mark.parametrize("num_targets", [0, 1, 40])

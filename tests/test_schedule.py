@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from utils.errors import UserError
 from utils.plots.training import plot_lr
+from utils.training.hyp import StepHyp
 from utils.training.optim import OPTIMIZERS, build_optimizer
 from utils.training.schedule import (
     SCHEDULERS,
     Scheduler,
-    add_schedule_arguments,
     apply_iteration,
     build_scheduler,
     close_mosaic_epoch,
     iteration_settings,
     learning_rate_curve,
-    scheduler_params_from_options,
     warmup_iterations,
 )
 
-HYP = {"lr0": 0.01, "lrf": 0.1, "momentum": 0.937, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1}
+STEP = StepHyp(lr0=0.01, momentum=0.937, warmup_momentum=0.8, warmup_bias_lr=0.1)
 
 
 def scheduler(name: str, **params: object) -> Scheduler:
@@ -157,21 +153,21 @@ def test_warmup_iterations(warmup_epochs: float, batches_per_epoch: int, expecte
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_warmup_on_top_of_every_schedule(name: str) -> None:
     schedule = scheduler(name, warmup_epochs=3)
-    start = iteration_settings(0, 0, 100, schedule, HYP, batch_size=16)
+    start = iteration_settings(0, 0, 100, schedule, STEP, batch_size=16)
     assert start.learning_rates == {"bias": 0.1, "norm": 0.0, "decay": 0.0}
     assert (start.momentum, start.accumulate) == (0.8, 1)
-    middle = iteration_settings(50, 0, 100, schedule, HYP, batch_size=16)
+    middle = iteration_settings(50, 0, 100, schedule, STEP, batch_size=16)
     ramp = 0.25 if name == "warmcos" else 0.5  # warmcos ramps quadratically
     assert middle.learning_rates["bias"] == pytest.approx(0.1 + (0.01 - 0.1) * ramp)
     assert middle.learning_rates["decay"] == middle.learning_rates["norm"] == pytest.approx(0.01 * ramp)
     assert middle.momentum == pytest.approx(0.8685)
-    after = iteration_settings(250, 2, 100, schedule, HYP, batch_size=16)
+    after = iteration_settings(250, 2, 100, schedule, STEP, batch_size=16)
     assert list(after.learning_rates.values()) == pytest.approx([0.01 * schedule.factor(2)] * 3)
     assert (after.momentum, after.accumulate) == (0.937, 4)
 
 
 def test_warmup_rises_towards_the_current_epochs_factor() -> None:
-    settings = iteration_settings(150, 1, 300, scheduler("linear"), HYP, batch_size=64)  # factor(1) = 0.91
+    settings = iteration_settings(150, 1, 300, scheduler("linear"), STEP, batch_size=64)  # factor(1) = 0.91
     assert settings.learning_rates == pytest.approx({"bias": 0.05455, "norm": 0.00455, "decay": 0.00455})
 
 
@@ -181,14 +177,14 @@ def test_warmup_rises_towards_the_current_epochs_factor() -> None:
     + [(0, 128, 1), (50, 128, 1), (5000, 128, 1), (50, 8, 4), (5000, 8, 8)],
 )
 def test_accumulation_ramp(iteration: int, batch_size: int, expected: int) -> None:
-    settings = iteration_settings(iteration, iteration // 1000, 100, scheduler("linear"), HYP, batch_size)
+    settings = iteration_settings(iteration, iteration // 1000, 100, scheduler("linear"), STEP, batch_size)
     assert settings.accumulate == expected
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_apply_iteration_sets_each_group(name: str) -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), name, lr=0.01, momentum=0.937, weight_decay=0.0)
-    settings = iteration_settings(50, 0, 100, scheduler("linear"), HYP, batch_size=16)
+    settings = iteration_settings(50, 0, 100, scheduler("linear"), STEP, batch_size=16)
     apply_iteration(optimizer, settings)
     for group in optimizer.param_groups:
         assert group["lr"] == settings.learning_rates[group["name"]]
@@ -200,7 +196,7 @@ def test_apply_iteration_sets_each_group(name: str) -> None:
 
 def test_learning_rate_curve_covers_warmup_and_every_epoch() -> None:
     schedule = build_scheduler("linear", epochs=3, lrf=0.1)
-    axis, curve = learning_rate_curve(schedule, HYP, batches_per_epoch=50, warmup_iters=100)
+    axis, curve = learning_rate_curve(schedule, STEP, batches_per_epoch=50, warmup_iters=100)
     assert len(axis) == 102  # 100 warmup iterations, the start of epoch 2, the end of the run
     assert axis[0] == 0 and axis[-1] == 3 and axis == sorted(axis)
     assert (curve["bias"][0], curve["decay"][0]) == (0.1, 0.0)
@@ -210,7 +206,7 @@ def test_learning_rate_curve_covers_warmup_and_every_epoch() -> None:
 
 
 def test_plot_lr_writes_a_png(tmp_path) -> None:
-    axis, curve = learning_rate_curve(scheduler("warmcos", warmup_epochs=3, hold_epochs=2), HYP, 20, 60)
+    axis, curve = learning_rate_curve(scheduler("warmcos", warmup_epochs=3, hold_epochs=2), STEP, 20, 60)
     path = plot_lr(axis, curve, tmp_path / "run" / "lr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -218,42 +214,6 @@ def test_plot_lr_writes_a_png(tmp_path) -> None:
 @pytest.mark.parametrize(("epochs", "close_mosaic", "expected"), [(10, 0, 10), (10, 3, 7), (10, 15, 0)])
 def test_close_mosaic_epoch(epochs: int, close_mosaic: int, expected: int) -> None:
     assert close_mosaic_epoch(epochs, close_mosaic) == expected
-
-
-def parse(*flags: str) -> argparse.Namespace:
-    return add_schedule_arguments(argparse.ArgumentParser()).parse_args(list(flags))
-
-
-@pytest.mark.parametrize(
-    ("flags", "name", "hold_epochs"),
-    [
-        ((), "linear", 0),
-        (("--cos-lr",), "cos", 0),
-        (("--scheduler", "COS", "--cos-lr"), "cos", 0),
-        (("--scheduler", "warmcos", "--close-mosaic", "5"), "warmcos", 5),
-        (("--scheduler", "warmcos", "--close-mosaic", "5", "--min-lr-epochs", "2"), "warmcos", 2),
-    ],
-)
-def test_scheduler_params_from_options(flags: tuple[str, ...], name: str, hold_epochs: int) -> None:
-    params = scheduler_params_from_options(parse(*flags))
-    assert (params["name"], params["hold_epochs"]) == (name, hold_epochs)
-
-
-@pytest.mark.parametrize("name", SCHEDULERS)
-def test_every_scheduler_builds_from_default_flags(name: str) -> None:
-    options = parse("--scheduler", name, "--lr-milestones", "3", "6")
-    assert yaml.safe_load(yaml.safe_dump(vars(options))) == vars(options)  # opt.yaml round trip
-    schedule = build_scheduler(epochs=10, lrf=0.1, warmup_epochs=3.0, **scheduler_params_from_options(options))
-    assert schedule.name == name and schedule.factor(0) == 1.0
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [(("--scheduler", "step", "--cos-lr"), "--cos-lr contradicts"), (("--scheduler", "poly"), "valid schedulers")],
-)
-def test_bad_flags_are_user_errors(flags: tuple[str, ...], message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        scheduler_params_from_options(parse(*flags))
 
 
 def test_close_mosaic_must_not_be_negative() -> None:

@@ -15,7 +15,8 @@ from utils.plots.results import read_results
 from utils.training.checkpoint import load_checkpoint
 from utils.training.engine import NonFiniteLossError
 from utils.training.hyp import load_hyp
-from utils.training.trainer import TrainOptions, train
+from utils.training.options import OutputOptions, TrainOptions
+from utils.training.trainer import train
 
 IMG_SIZE = 64
 PROMISED_OUTPUTS = (
@@ -41,9 +42,9 @@ def hyp() -> dict[str, float]:
     return load_hyp()
 
 
-def tiny_options(**changes) -> TrainOptions:
-    options = TrainOptions(epochs=2, batch_size=4, workers=0, show_progress=False, plots=False)
-    return dataclasses.replace(options, **changes)
+def tiny_options(save_dir: Path | None = None, plots: bool = False, **changes) -> TrainOptions:
+    options = TrainOptions(epochs=2, batch_size=4, workers=0, outputs=OutputOptions(show_progress=False, plots=False))
+    return dataclasses.replace(options, **changes).with_outputs(save_dir=save_dir, plots=plots)
 
 
 def test_train_writes_every_promised_output(prepared, hyp, tmp_path):
@@ -64,11 +65,11 @@ def test_train_is_callable_repeatedly_without_rescanning(prepared, hyp, monkeypa
 
     monkeypatch.setattr(labels_module, "scan_split", refuse)
     monkeypatch.setattr(dataset_module, "scan_split", refuse)
-    anchor_settings_before = len(prepared.anchor_cache)
-    first = train(hyp, tiny_options(epochs=1), prepared)
-    second = train({**hyp, "lr0": 0.02, "mosaic": 0.0}, tiny_options(epochs=1), prepared)
+    fitted_anchors = {}
+    first = train(hyp, tiny_options(epochs=1), prepared, fitted_anchors=fitted_anchors)
+    second = train({**hyp, "lr0": 0.02, "mosaic": 0.0}, tiny_options(epochs=1), prepared, fitted_anchors=fitted_anchors)
     assert set(first) == set(second)
-    assert len(prepared.anchor_cache) <= anchor_settings_before + 1  # AutoAnchor is not rerun for the same settings
+    assert len(fitted_anchors) == 1  # AutoAnchor is not rerun for the same settings
 
 
 def test_train_with_no_save_dir_writes_nothing(prepared, hyp, tmp_path, monkeypatch):
@@ -80,19 +81,17 @@ def test_train_with_no_save_dir_writes_nothing(prepared, hyp, tmp_path, monkeypa
 def test_resume_continues_the_same_epochs_and_learning_rates(prepared, hyp, tmp_path):
     full_dir, interrupted_dir = tmp_path / "full", tmp_path / "interrupted"
     options = tiny_options(epochs=3, seed=3)
-    train(hyp, dataclasses.replace(options, save_dir=full_dir), prepared)
+    train(hyp, options.with_outputs(save_dir=full_dir), prepared)
 
     def stop_after_first_epoch(epoch, metrics):
         if epoch == 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(
-            hyp, dataclasses.replace(options, save_dir=interrupted_dir), prepared, on_epoch_end=stop_after_first_epoch
-        )
+        train(hyp, options.with_outputs(save_dir=interrupted_dir), prepared, on_epoch_end=stop_after_first_epoch)
     last = interrupted_dir / "weights" / "last.pt"
     saved_optimizer = load_checkpoint(last)["optimizer"]
-    train(hyp, dataclasses.replace(options, save_dir=interrupted_dir, resume=str(last)), prepared)
+    train(hyp, dataclasses.replace(options, resume=str(last)).with_outputs(save_dir=interrupted_dir), prepared)
 
     full, resumed = read_results(full_dir / "results.csv"), read_results(interrupted_dir / "results.csv")
     assert resumed["epoch"].tolist() == [0, 1, 2]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import val
+from utils import cli
 from utils.data.synthetic import SHAPE_NAMES
 from utils.errors import run_cli
 from utils.evaluation.coco_json import reference_map
@@ -119,7 +120,7 @@ def test_corrupt_weights_give_one_error_line(tiny_dataset: Path, tmp_path: Path,
     weights = tmp_path / "corrupt.pt"
     weights.write_bytes(np.random.default_rng(content_seed).bytes(4096))
     arguments = ["--weights", str(weights), "--data", str(tiny_dataset), "--project", str(tmp_path)]
-    exit_code = run_cli(lambda: val.main(val.get_args_parser().parse_args(arguments)))
+    exit_code = run_cli(lambda: val.main(cli.val_parser().parse_args(arguments)))
     stderr = capsys.readouterr().err
     assert exit_code != 0
     assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "corrupt.pt" in stderr

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from utils.errors import UserError
 from utils.files import write_atomic
 
+MIN_BOX_PIXELS = 2.0  # boxes smaller than this on both sides carry no shape information (AutoAnchor)
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
 COORDINATE_TOLERANCE = 1e-3  # exporters often write 1.0000001 or -0.0000001
@@ -245,3 +246,16 @@ def scan_split(image_files: list[Path], num_classes: int, name: str = "split", u
         raise UserError(f"{name}: no usable images among {len(image_files)} ({report.corrupt} corrupt)")
     split = LabeledSplit(kept_files, labels, segments, np.array(shapes, np.int64).reshape(-1, 2), report, name)
     return split
+
+
+def label_sizes(shapes: np.ndarray, labels: list[np.ndarray], img_size: int) -> np.ndarray:
+    """Pixel (w, h) of every label box once its image is resized so its long side is ``img_size``.
+
+    ``shapes``: (n, 2) image (width, height); ``labels``: per image (k, 5) [cls, x, y, w, h] normalised.
+    Boxes under ``MIN_BOX_PIXELS`` on both sides are dropped. Returns (m, 2) float32.
+    """
+    shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
+    resized = img_size * shapes / shapes.max(1, keepdims=True)
+    boxes = [np.asarray(label, dtype=np.float64).reshape(-1, 5)[:, 3:5] * size for size, label in zip(resized, labels)]
+    wh = np.concatenate(boxes, 0) if boxes else np.zeros((0, 2))
+    return wh[(wh >= MIN_BOX_PIXELS).any(1)].astype(np.float32)

@@ -13,8 +13,7 @@ from utils.data.config import DataConfig, load_data_config
 from utils.data.dataset import YoloDataset, build_dataloader, prepare_split
 from utils.data.gpu_augment import GpuBatchAugmenter
 from utils.data.image_cache import ImageCache
-from utils.data.labels import LabeledSplit
-from utils.training.autoanchor import label_wh
+from utils.data.labels import LabeledSplit, label_sizes
 
 VALIDATION_PAD = 0.5  # half a stride of padding around rectangular validation batches, as yolov5 does
 
@@ -29,7 +28,6 @@ class PreparedData:
     val_split: LabeledSplit
     train_cache: ImageCache | None = None
     val_cache: ImageCache | None = None
-    anchor_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     _val_loaders: dict[tuple, DataLoader] = field(default_factory=dict, repr=False)
     _gpu_augmenters: dict[str, GpuBatchAugmenter] = field(default_factory=dict, repr=False)
 
@@ -43,7 +41,7 @@ class PreparedData:
 
     def label_sizes(self) -> np.ndarray:
         """(m, 2) training-label widths and heights in pixels at ``img_size``, for AutoAnchor."""
-        return label_wh(self.train_split.shapes, self.train_split.labels, self.img_size)
+        return label_sizes(self.train_split.shapes, self.train_split.labels, self.img_size)
 
     def train_dataset(self, hyp: dict[str, float], batch_size: int, seed: int, augment: bool = True) -> YoloDataset:
         """A fresh augmenting dataset over the scanned train split; cheap, so one per training run."""
@@ -70,19 +68,26 @@ class PreparedData:
         """The rectangular validation loader, built on first use and reused by later runs."""
         key = (batch_size, workers, stride)
         if key not in self._val_loaders:
-            dataset = YoloDataset(
-                self.val_split,
-                self.img_size,
-                {},
-                augment=False,
-                rect=True,
-                batch_size=batch_size,
-                stride=stride,
-                pad=VALIDATION_PAD,
-                image_cache=self.val_cache,
+            self._val_loaders[key] = validation_loader(
+                self.val_split, self.img_size, batch_size, workers, stride, self.val_cache
             )
-            self._val_loaders[key] = build_dataloader(dataset, batch_size, workers, shuffle=False)
         return self._val_loaders[key]
+
+
+def validation_loader(
+    split: LabeledSplit,
+    img_size: int,
+    batch_size: int,
+    workers: int,
+    stride: int,
+    image_cache: ImageCache | None = None,
+) -> DataLoader:
+    """yolov5's validation loader: rectangular batches padded by half a stride, no augmentation, in order."""
+    dataset = YoloDataset(
+        split, img_size, {}, augment=False, rect=True, batch_size=batch_size, stride=stride, pad=VALIDATION_PAD,
+        image_cache=image_cache,
+    )  # fmt: skip
+    return build_dataloader(dataset, batch_size, workers, shuffle=False)
 
 
 def prepare_data(data: str | Path | DataConfig, img_size: int, cache_mode: str | None = None) -> PreparedData:

@@ -11,7 +11,6 @@ import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from utils.errors import UserError
-from utils.training.hyp import HYP_RANGES
 
 DEFAULT_META = Path(__file__).resolve().parents[2] / "data" / "hyps" / "meta.yaml"
 # Keys the meta table may describe although the hyp leaves them out (then they are simply not evolved).
@@ -84,16 +83,6 @@ def parse_gene(key: str, entry: object, source: str) -> GeneSpec:
         raise UserError(f"{source}: meta entry '{key}': need gain >= 0 and low <= high (got {dict(entry)})")
     if scale == "log" and numbers["low"] <= 0:
         raise UserError(f"{source}: meta entry '{key}': scale: log needs low > 0 (got low={numbers['low']})")
-    allowed = HYP_RANGES.get(key)
-    if (
-        numbers["gain"] > 0
-        and allowed is not None
-        and not (allowed.contains(numbers["low"]) and allowed.contains(numbers["high"]))
-    ):
-        raise UserError(
-            f"{source}: meta entry '{key}': bounds [{numbers['low']:g}, {numbers['high']:g}] go beyond what "
-            f"{key} may be ({allowed.describe()}); children there would fail"
-        )
     return GeneSpec(numbers["gain"], numbers["low"], numbers["high"], scale, value_type)
 
 

@@ -1,89 +1,85 @@
-"""``train.py --evolve``: the evolution objective that trains one child per hyp on data prepared once per worker."""
+"""The adapter that evolves a training run: one child trains one hyp on data prepared once per worker.
+
+It is the only evolution module that imports training or data; ``runner`` and the rest evolve any objective.
+"""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from utils.device import distributed_env, select_device
 from utils.errors import UserError
-from utils.evolution.cli import evolve_options
+from utils.evolution.options import EvolveOptions
 from utils.evolution.runner import ChildContext, run
+from utils.evolution.search_space import GeneSpec
 from utils.evolution.storage import check_storage
-from utils.training.hyp import load_hyp
+from utils.training.hyp import HYP_RANGES
+from utils.training.options import TrainOptions
 
 LOGGER = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRAIN_PROJECT = ROOT / "runs" / "train"
 
 
-def evolve_run_dir(args: argparse.Namespace) -> Path:
-    """runs/evolve/<name> unless --project was given; evolve always reuses the folder so that workers share it."""
-    project = Path(args.project)
-    if project.resolve() == DEFAULT_TRAIN_PROJECT.resolve():
-        project = ROOT / "runs" / "evolve"
-    return project / args.name
+@dataclass(frozen=True)
+class TrainingJob:
+    """What every child trains on: the base hyp, the run options, and the data at one image size."""
+
+    base_hyp: dict[str, float]
+    options: TrainOptions  # each child's options, before its own folder and validation cadence
+    data: str  # data yaml
+    img_size: int
+    cache: str | None  # --cache as given; None caches in RAM when the images fit
+    setup: Mapping[str, object]  # what a worker must share to join the study (data, model, epochs, ...)
 
 
-def choose_cache(args: argparse.Namespace) -> str | None:
-    """--cache as given; otherwise RAM when the resized images fit, so children never decode a file twice."""
-    return args.cache if args.cache else "ram"
+def check_meta_ranges(meta: Mapping[str, GeneSpec]) -> None:
+    """Refuse bounds a child could not train with (lr0 down to 0, a probability above 1): they would fail later."""
+    for key, spec in meta.items():
+        allowed = HYP_RANGES.get(key)
+        if spec.gain > 0 and allowed is not None and not (allowed.contains(spec.low) and allowed.contains(spec.high)):
+            raise UserError(
+                f"meta entry '{key}': bounds [{spec.low:g}, {spec.high:g}] go beyond what {key} may be "
+                f"({allowed.describe()}); children there would fail"
+            )
 
 
-def evolve_training(args: argparse.Namespace) -> None:
-    """Run this worker's share of the evolution described by the parsed train.py options."""
-    from train import build_train_options
+def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
+    """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
     from utils.data.prepared import prepare_data
     from utils.training.checkpoint import load_checkpoint
-    from utils.training.trainer import check_run, train
+    from utils.training.trainer import FittedAnchors, check_run, train
 
-    if distributed_env()[2] > 1:
+    if job.options.distributed.world_size > 1:
         raise UserError("--evolve runs one process per device, not under torchrun: start one worker per --device")
-    if args.resume:
+    if job.options.resume:
         raise UserError("--evolve resumes by rerunning the same command; drop --resume")
-    device = select_device(args.device)
-    base_hyp = load_hyp(args.hyp)
-    run_dir = evolve_run_dir(args)
-    evolution = evolve_options(args)  # checks --meta and the flags before any data work
-    check_storage(run_dir, args.storage)
-    if args.weights:
-        load_checkpoint(args.weights)  # a missing or corrupt file fails now, not after the dataset scan
-    try:
-        data = prepare_data(args.data, args.imgsz, choose_cache(args))
+    check_meta_ranges(evolution.meta)
+    check_storage(evolution.run_dir, evolution.storage)
+    if job.options.weights:
+        load_checkpoint(job.options.weights)  # a missing or corrupt file fails now, not after the dataset scan
+    try:  # RAM by default, so children never decode an image twice
+        data = prepare_data(job.data, job.img_size, job.cache or "ram")
     except UserError as error:
-        if args.cache or "memory" not in str(error):
+        if job.cache or "memory" not in str(error):
             raise
         LOGGER.info(f"not caching images in RAM ({error}); children will read them from disk")
-        data = prepare_data(args.data, args.imgsz, None)
-    base_options = build_train_options(args, device, save_dir=None, rank=-1, world_size=1)
-    base_options = dataclasses.replace(base_options, plots=False, show_progress=False)
-    check_run(base_hyp, base_options, data)  # a bad flag fails here once, not as a failed child each time
+        data = prepare_data(job.data, job.img_size, None)
+    base_options = job.options.with_outputs(plots=False, show_progress=False)
+    fitted_anchors: FittedAnchors = {}  # AutoAnchor once per anchor setting, for every child of this worker
+    check_run(job.base_hyp, base_options, data, fitted_anchors)  # a bad flag fails once, not in every child
 
     def objective(hyp: dict[str, float], child: ChildContext) -> dict[str, float]:
-        # Every child trains with the same --seed (common random numbers: the same batches and augmentation draws),
+        # Every child trains with the same seed (common random numbers: the same batches and augmentation draws),
         # so fitness differences come from the hyp rather than from luck; the mutation itself uses child.seed.
-        save_dir = child.run_dir if evolution["save_children"] else None
         # Like yolov5, children validate only their final epoch, unless pruning needs a fitness every epoch.
-        options = dataclasses.replace(base_options, save_dir=save_dir, validate_every_epoch=args.prune)
-        report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if args.prune else None
-        return train(hyp, options, data, on_epoch_end=report)
+        options = base_options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
+        options = dataclasses.replace(options, validate_every_epoch=evolution.prune)
+        report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if evolution.prune else None
+        return train(hyp, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
 
     run(
-        objective, base_hyp, run_dir=run_dir, study_name=args.name, seed=args.seed,
-        fitness_weights=base_options.fitness_weights, plots=not args.noplots, setup=evolution_setup(args), **evolution,
+        objective, job.base_hyp, fitness_weights=job.options.fitness_weights, setup=dict(job.setup),
+        **evolution.run_arguments(),
     )  # fmt: skip
-    LOGGER.info(f"evolution views in {run_dir}: evolve.csv, hyp_evolve.yaml, evolve.png, fitness.png")
-
-
-def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
-    """What every child of one study must share: a worker started with other values may not join it."""
-    return {
-        "data": str(args.data),
-        "cfg": str(args.cfg),
-        "img": args.imgsz,
-        "epochs": args.epochs,
-        "optimizer": str(args.optimizer),
-        "nbs": args.nbs,
-    }
+    LOGGER.info(f"evolution views in {evolution.run_dir}: evolve.csv, hyp_evolve.yaml, evolve.png, fitness.png")

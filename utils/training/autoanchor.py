@@ -7,29 +7,17 @@ import logging
 import numpy as np
 import torch
 
+from utils.data.labels import MIN_BOX_PIXELS
+
 LOGGER = logging.getLogger(__name__)
 
 RECALL_TARGET = 0.98  # below this best possible recall the anchors are refitted
-MIN_BOX_PIXELS = 2.0  # boxes smaller than this on both sides carry no shape information
 SCALE_JITTER = (0.9, 1.1)  # yolov5's random rescale of label sizes before measuring recall
 MUTATION_PROBABILITY = 0.9
 MUTATION_SIGMA = 0.1
 # Seeded subsamples bound the run time on large datasets; a few thousand boxes pin down 9 anchors well.
 MAX_KMEANS_BOXES = 5_000
 MAX_FIT_BOXES = 10_000
-
-
-def label_wh(shapes: np.ndarray, labels: list[np.ndarray], img_size: int) -> np.ndarray:
-    """Pixel (w, h) of every label box once its image is resized so its long side is ``img_size``.
-
-    ``shapes``: (n, 2) image (width, height); ``labels``: per image (k, 5) [cls, x, y, w, h] normalised.
-    Boxes under ``MIN_BOX_PIXELS`` on both sides are dropped. Returns (m, 2) float32.
-    """
-    shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
-    resized = img_size * shapes / shapes.max(1, keepdims=True)
-    boxes = [np.asarray(label, dtype=np.float64).reshape(-1, 5)[:, 3:5] * size for size, label in zip(resized, labels)]
-    wh = np.concatenate(boxes, 0) if boxes else np.zeros((0, 2))
-    return wh[(wh >= MIN_BOX_PIXELS).any(1)].astype(np.float32)
 
 
 def _best_ratio(anchors: np.ndarray, wh: np.ndarray) -> np.ndarray:
@@ -109,8 +97,8 @@ def kmean_anchors(
 def check_anchors(model: torch.nn.Module, wh: np.ndarray, anchor_t: float, img_size: int, seed: int = 0) -> bool:
     """Refit ``model.detect.anchors`` when their best possible recall on ``wh`` is under 0.98.
 
-    ``wh``: (m, 2) label sizes in pixels at ``img_size`` (see ``label_wh``). The new anchors are kept only if
-    they recall more. Returns True when the anchors were replaced.
+    ``wh``: (m, 2) label sizes in pixels at ``img_size`` (see ``utils.data.labels.label_sizes``). The new anchors
+    are kept only if they recall more. Returns True when the anchors were replaced.
     """
     wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
     if len(wh) == 0:

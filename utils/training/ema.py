@@ -9,7 +9,7 @@ from copy import deepcopy
 import torch
 from torch import nn
 
-from utils.training.optim import unwrap_model
+from utils.training.distributed import unwrap_model
 
 
 class ModelEMA:

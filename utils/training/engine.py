@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from utils.errors import UserError
 from utils.training.ema import ModelEMA
+from utils.training.hyp import StepHyp
 from utils.training.schedule import Scheduler, apply_iteration, iteration_settings
 
 LOSS_TERMS = ("box_loss", "obj_loss", "cls_loss")
@@ -30,7 +31,7 @@ class StepContext:
     loss_fn: Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     ema: ModelEMA | None
     scaler: torch.amp.GradScaler
-    hyp: dict[str, float]
+    step_hyp: StepHyp  # lr0, momentum and the warmup starting points
     device: torch.device
     batch_size: int  # the total batch across processes, as the nominal-batch rule counts it
     nominal_batch: int  # images per optimizer step the hyp is tuned for; smaller batches accumulate up to it
@@ -76,7 +77,7 @@ def train_one_epoch(
     for batch_index, (images, targets, _paths, _shapes) in enumerate(progress):
         iteration = batch_index + context.num_batches * epoch
         settings = iteration_settings(
-            iteration, epoch, context.warmup_iters, context.scheduler, context.hyp, context.batch_size,
+            iteration, epoch, context.warmup_iters, context.scheduler, context.step_hyp, context.batch_size,
             context.nominal_batch,
         )  # fmt: skip
         apply_iteration(context.optimizer, settings)

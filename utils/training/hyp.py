@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from utils.errors import UserError
+from utils.training.optim import fit_learning_rate, nominal_accumulation, scaled_weight_decay
 
 ROOT = Path(__file__).resolve().parents[2]
 HYP_DIR = ROOT / "data" / "hyps"
@@ -123,3 +124,60 @@ def check_hyp(content: dict, source: str = "hyp") -> dict[str, float]:
             raise UserError(f"{source}: '{key}' must be {allowed.describe()}{meaning}, got {value!r}")
         hyp[str(key)] = float(value)
     return hyp
+
+
+@dataclass(frozen=True)
+class StepHyp:
+    """The hyp values the per-iteration warmup and schedule use (lr0 after --lr-fit)."""
+
+    lr0: float
+    momentum: float
+    warmup_momentum: float
+    warmup_bias_lr: float
+
+    @classmethod
+    def from_hyp(cls, hyp: dict[str, float], lr0: float | None = None) -> StepHyp:
+        return cls(hyp["lr0"] if lr0 is None else lr0, hyp["momentum"], hyp["warmup_momentum"], hyp["warmup_bias_lr"])
+
+
+@dataclass(frozen=True)
+class DerivedHyp:
+    """Every value training derives from the hyp and the run's shape, computed once by ``derive_hyp``."""
+
+    step: StepHyp
+    weight_decay: float  # scaled to the images an optimizer step really sees
+    accumulate: int  # batches per optimizer step after warmup
+    lrf: float
+    warmup_epochs: float
+    loss: dict[str, float]  # YoloLoss settings: box/cls/obj gains scaled to layers, classes and image size
+
+
+def derive_hyp(
+    hyp: dict[str, float],
+    *,
+    batch_size: int,
+    nominal_batch: int,
+    num_layers: int,
+    num_classes: int,
+    img_size: int,
+    optimizer: str,
+    lr_fit: bool = False,
+) -> DerivedHyp:
+    """yolov5's derived values: accumulation to the nominal batch, weight decay scaled to match, --lr-fit's lr0,
+    and the loss gains scaled as ``box *= 3/layers``, ``cls *= classes/80 * 3/layers``,
+    ``obj *= (img/640)^2 * 3/layers``. ``hyp`` itself is never changed."""
+    accumulate = nominal_accumulation(batch_size, nominal_batch)
+    lr0 = fit_learning_rate(hyp["lr0"], batch_size, optimizer, nominal_batch) if lr_fit else hyp["lr0"]
+    layer_scale = 3 / num_layers
+    loss = {key: hyp[key] for key in ("cls_pw", "obj_pw", "fl_gamma", "anchor_t")}
+    loss["box"] = hyp["box"] * layer_scale
+    loss["cls"] = hyp["cls"] * num_classes / 80 * layer_scale
+    loss["obj"] = hyp["obj"] * (img_size / 640) ** 2 * layer_scale
+    return DerivedHyp(
+        step=StepHyp.from_hyp(hyp, lr0),
+        weight_decay=scaled_weight_decay(hyp["weight_decay"], batch_size, accumulate, nominal_batch),
+        accumulate=accumulate,
+        lrf=hyp["lrf"],
+        warmup_epochs=hyp["warmup_epochs"],
+        loss=loss,
+    )

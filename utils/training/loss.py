@@ -14,16 +14,6 @@ NEIGHBOUR_OFFSET = 0.5  # a target also claims the neighbouring cell on the side
 FOCAL_ALPHA = 0.25
 
 
-def scale_loss_gains(hyp: dict[str, float], num_layers: int, num_classes: int, img_size: int) -> dict[str, float]:
-    """Return a copy of ``hyp`` with box/cls/obj gains scaled to the number of levels, classes and image size."""
-    layer_scale = 3 / num_layers
-    scaled = dict(hyp)
-    scaled["box"] = hyp["box"] * layer_scale
-    scaled["cls"] = hyp["cls"] * num_classes / 80 * layer_scale
-    scaled["obj"] = hyp["obj"] * (img_size / 640) ** 2 * layer_scale
-    return scaled
-
-
 class FocalLoss(nn.Module):
     """Focal loss around an element-wise BCE criterion: down-weights easy examples by ``(1 - p_t) ** gamma``."""
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.training.distributed import unwrap_model
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,17 +37,6 @@ def optimizer_name(name: str) -> str:
         if name.lower() == valid.lower():
             return valid
     raise UserError(f"unknown optimizer '{name}'; valid optimizers: {', '.join(OPTIMIZERS)}")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DistributedDataParallel / DataParallel (``.module``) or torch.compile (``._orig_mod``)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

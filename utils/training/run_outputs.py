@@ -14,13 +14,14 @@ from utils.plots.data import plot_batch, plot_labels
 from utils.plots.results import plot_results
 from utils.plots.training import plot_lr
 from utils.training.checkpoint import float_state_dict, save_checkpoint
+from utils.training.distributed import unwrap_model
 from utils.training.schedule import learning_rate_curve
 from utils.yolo_csv import format_header, format_row
 
 if TYPE_CHECKING:
     from utils.data.prepared import PreparedData
     from utils.training.engine import StepContext
-    from utils.training.trainer import TrainOptions
+    from utils.training.options import TrainOptions
 
 LOGGER = logging.getLogger(__name__)
 RESULT_COLUMNS = ("epoch", *TRAIN_LOSS_KEYS, *METRIC_KEYS, *VAL_LOSS_KEYS, "x/lr0", "x/lr1", "x/lr2")
@@ -28,9 +29,8 @@ RESULT_COLUMNS = ("epoch", *TRAIN_LOSS_KEYS, *METRIC_KEYS, *VAL_LOSS_KEYS, "x/lr
 
 def training_state(model: nn.Module, context: StepContext) -> dict:
     """The parts of a checkpoint that resume needs beyond the EMA weights."""
-    target = model.module if hasattr(model, "module") else model
     return {
-        "training_model": float_state_dict(target),
+        "training_model": float_state_dict(unwrap_model(model)),
         "optimizer": context.optimizer.state_dict(),
         "scheduler": context.scheduler.state_dict(),
         "ema": float_state_dict(context.ema.ema),
@@ -43,7 +43,7 @@ class RunOutputs:
 
     def __init__(self, options: TrainOptions, hyp: dict[str, float], data: PreparedData, context: StepContext):
         self.options, self.hyp, self.data, self.context = options, hyp, data, context
-        self.save_dir: Path | None = Path(options.save_dir) if options.save_dir is not None else None
+        self.save_dir: Path | None = Path(options.outputs.save_dir) if options.outputs.save_dir is not None else None
         self.weights_dir = self.save_dir / "weights" if self.save_dir is not None else None
 
     def start(self, dataset, loader) -> None:
@@ -52,8 +52,8 @@ class RunOutputs:
             return
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
-        (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(self.options.record, sort_keys=False))
-        if self.options.plots and not self.options.resume:
+        (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(self.options.outputs.record, sort_keys=False))
+        if self.options.outputs.plots and not self.options.resume:
             plot_labels(self.data.train_split, self.data.names, self.save_dir / "labels.jpg")
             images, targets, paths, _ = next(iter(loader))
             plot_batch(images, targets, paths, self.data.names, self.save_dir / "train_batch0.jpg")
@@ -72,7 +72,7 @@ class RunOutputs:
         lines.append(format_row([float(row.get(name, float("nan"))) for name in RESULT_COLUMNS]))
         with csv_path.open("a") as handle:
             handle.write("\n".join(lines) + "\n")
-        if self.options.save_weights or final:
+        if self.options.outputs.save_weights or final:
             self.save_weights(model, epoch, metrics, best_fitness, improved)
 
     def save_weights(self, model: nn.Module, epoch: int, metrics: dict, best_fitness: float, improved: bool) -> None:
@@ -85,7 +85,7 @@ class RunOutputs:
             "epoch": epoch,
             "best_fitness": best_fitness,
             "hyp": self.hyp,
-            "options": self.options.record,
+            "options": self.options.outputs.record,
             "metrics": metrics,
             **training_state(model, self.context),
         }
@@ -95,10 +95,12 @@ class RunOutputs:
 
     def finish(self, model: nn.Module, context: StepContext) -> None:
         """results.png and lr.png after the last epoch."""
-        if self.save_dir is None or not self.options.plots:
+        if self.save_dir is None or not self.options.outputs.plots:
             return
         if (self.save_dir / "results.csv").exists():
             plot_results(self.save_dir / "results.csv", self.save_dir / "results.png")
-        axis, curve = learning_rate_curve(context.scheduler, context.hyp, context.num_batches, context.warmup_iters)
+        axis, curve = learning_rate_curve(
+            context.scheduler, context.step_hyp, context.num_batches, context.warmup_iters
+        )
         plot_lr(axis, curve, self.save_dir / "lr.png")
         LOGGER.info(f"results saved to {self.save_dir}")

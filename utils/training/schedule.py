@@ -11,7 +11,6 @@ accumulation always ramp linearly. Every schedule is a pure function of the epoc
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.training.optim import GROUP_NAMES, LR_FIT_LIMITS, NOMINAL_BATCH, OPTIMIZERS, nominal_accumulation
+from utils.training.hyp import StepHyp
+from utils.training.optim import GROUP_NAMES, NOMINAL_BATCH, nominal_accumulation
 
 SCHEDULERS = ("linear", "cos", "step", "multistep", "exp", "plateau", "warmcos")
 MIN_WARMUP_ITERS = 100
@@ -236,15 +236,15 @@ class IterationSettings:
 
 
 def learning_rates(
-    iteration: int, epoch: int, warmup_iters: int, scheduler: Scheduler, hyp: Mapping
+    iteration: int, epoch: int, warmup_iters: int, scheduler: Scheduler, step_hyp: StepHyp
 ) -> dict[str, float]:
     """Each group's LR at a global ``iteration`` (counted from the start of the run) inside ``epoch``."""
-    target = hyp["lr0"] * scheduler.factor(epoch)
+    target = step_hyp.lr0 * scheduler.factor(epoch)
     if iteration >= warmup_iters:
         return {group: target for group in GROUP_NAMES}
     progress = iteration / warmup_iters
     ramp = progress**2 if scheduler.warmup_shape == "quadratic" else progress
-    starts = {group: hyp["warmup_bias_lr"] if group == "bias" else 0.0 for group in GROUP_NAMES}
+    starts = {group: step_hyp.warmup_bias_lr if group == "bias" else 0.0 for group in GROUP_NAMES}
     return {group: start + (target - start) * ramp for group, start in starts.items()}
 
 
@@ -253,16 +253,16 @@ def iteration_settings(
     epoch: int,
     warmup_iters: int,
     scheduler: Scheduler,
-    hyp: Mapping,
+    step_hyp: StepHyp,
     batch_size: int,
     nominal_batch: int = NOMINAL_BATCH,
 ) -> IterationSettings:
     """Learning rates, momentum and accumulation for one iteration, warmup included (pure given the scheduler)."""
-    rates = learning_rates(iteration, epoch, warmup_iters, scheduler, hyp)
+    rates = learning_rates(iteration, epoch, warmup_iters, scheduler, step_hyp)
     if iteration >= warmup_iters:
-        return IterationSettings(rates, hyp["momentum"], nominal_accumulation(batch_size, nominal_batch))
+        return IterationSettings(rates, step_hyp.momentum, nominal_accumulation(batch_size, nominal_batch))
     points = [0, warmup_iters]
-    momentum = float(np.interp(iteration, points, [hyp["warmup_momentum"], hyp["momentum"]]))
+    momentum = float(np.interp(iteration, points, [step_hyp.warmup_momentum, step_hyp.momentum]))
     accumulate = max(1, round(float(np.interp(iteration, points, [1, nominal_batch / batch_size]))))
     return IterationSettings(rates, momentum, accumulate)
 
@@ -278,7 +278,7 @@ def apply_iteration(optimizer: torch.optim.Optimizer, settings: IterationSetting
 
 
 def learning_rate_curve(
-    scheduler: Scheduler, hyp: Mapping, batches_per_epoch: int, warmup_iters: int
+    scheduler: Scheduler, step_hyp: StepHyp, batches_per_epoch: int, warmup_iters: int
 ) -> tuple[list[float], dict[str, list[float]]]:
     """The LR of every group over the whole run, x in epochs: every warmup iteration, then each point of change.
 
@@ -291,7 +291,7 @@ def learning_rate_curve(
     curve: dict[str, list[float]] = {group: [] for group in GROUP_NAMES}
     for iteration in [*iterations, total]:  # the closing point draws the last epoch's step to the end
         epoch = min(iteration // batches_per_epoch, scheduler.epochs - 1)
-        rates = learning_rates(iteration, epoch, warmup_iters, scheduler, hyp)
+        rates = learning_rates(iteration, epoch, warmup_iters, scheduler, step_hyp)
         axis.append(iteration / batches_per_epoch)
         for group in GROUP_NAMES:
             curve[group].append(rates[group])
@@ -303,37 +303,3 @@ def close_mosaic_epoch(epochs: int, close_mosaic: int) -> int:
     if close_mosaic < 0:
         raise UserError(f"--close-mosaic must be >= 0, got {close_mosaic}")
     return max(epochs - close_mosaic, 0) if close_mosaic else epochs
-
-
-def add_schedule_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the optimizer, schedule, warmup-related and --close-mosaic flags."""
-    group = parser.add_argument_group("optimizer and learning-rate schedule")
-    group.add_argument("--optimizer", default="SGD", help=f"one of {', '.join(OPTIMIZERS)} (default SGD)")
-    group.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default linear)")
-    group.add_argument("--cos-lr", action="store_true", help="alias for --scheduler cos")
-    group.add_argument("--lr-step-size", type=int, default=None, help="step: epochs per cut (default epochs // 3)")
-    group.add_argument("--lr-milestones", type=int, nargs="+", default=None, help="multistep: epochs (70%%, 90%%)")
-    group.add_argument("--lr-gamma", type=float, default=0.1, help="step, multistep, plateau: LR multiplier per cut")
-    group.add_argument("--lr-patience", type=int, default=10, help="plateau: epochs without improvement before a cut")
-    group.add_argument("--min-lr-epochs", type=int, default=None, help="warmcos: final epochs at lrf (--close-mosaic)")
-    group.add_argument("--close-mosaic", type=int, default=0, help="turn mosaic and mixup off for the last N epochs")
-    limits = ", ".join(f"{name} [{low:g}, {high:g}]" for name, (low, high) in LR_FIT_LIMITS.items())
-    group.add_argument("--lr-fit", action="store_true", help=f"scale lr0 by images per step / 64, clamped: {limits}")
-    return parser
-
-
-def scheduler_params_from_options(options: argparse.Namespace) -> dict:
-    """The keyword arguments of ``build_scheduler`` (name included) from parsed options; resolves --cos-lr."""
-    name = options.scheduler
-    if options.cos_lr and name is not None and scheduler_name(name) != "cos":
-        raise UserError(f"--cos-lr contradicts --scheduler {name}; pass only one of them")
-    name = scheduler_name(name) if name is not None else ("cos" if options.cos_lr else "linear")
-    hold_epochs = options.close_mosaic if options.min_lr_epochs is None else options.min_lr_epochs
-    return {
-        "name": name,
-        "step_size": options.lr_step_size,
-        "milestones": options.lr_milestones,
-        "gamma": options.lr_gamma,
-        "patience": options.lr_patience,
-        "hold_epochs": hold_epochs,
-    }

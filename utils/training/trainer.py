@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,53 +20,17 @@ from utils.evaluation.fitness import fitness
 from utils.evaluation.validator import validate
 from utils.training.autoanchor import check_anchors
 from utils.training.checkpoint import load_checkpoint, transfer_weights
+from utils.training.distributed import share_from_main_process, unwrap_model, wrap_distributed
 from utils.training.ema import ModelEMA
 from utils.training.engine import StepContext, train_one_epoch
-from utils.training.loss import YoloLoss, scale_loss_gains
-from utils.training.optim import build_optimizer, fit_learning_rate, nominal_accumulation, scaled_weight_decay
+from utils.training.hyp import derive_hyp
+from utils.training.loss import YoloLoss
+from utils.training.optim import build_optimizer
+from utils.training.options import TrainOptions
 from utils.training.run_outputs import RunOutputs
 from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainOptions:
-    """Everything about a training run that is not a hyperparameter; built from the CLI by ``train.py``."""
-
-    epochs: int = 30
-    batch_size: int = 16  # total over all processes
-    nominal_batch: int = 64  # images per optimizer step that hyp values are tuned for (yolov5's nbs)
-    cfg: str = "yolov5n.yaml"
-    weights: str = ""  # a .pt to transfer matching tensors from
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    workers: int = 2
-    optimizer: str = "SGD"
-    scheduler: dict = field(default_factory=lambda: {"name": "linear"})  # build_scheduler keyword arguments
-    close_mosaic: int = 0
-    lr_fit: bool = False
-    label_smoothing: float = 0.0
-    patience: int = 100
-    seed: int = 0
-    deterministic: bool = False
-    autoanchor: bool = True
-    validate_every_epoch: bool = True  # --noval validates the final epoch only
-    save_dir: Path | None = None  # None writes nothing at all (evolution children)
-    save_weights: bool = True  # --nosave keeps only the final last.pt
-    plots: bool = True
-    fitness_weights: dict[str, float] | None = None
-    amp: bool = True  # only ever on for CUDA
-    gpu_augment: str = "auto"  # on | off | auto (on for CUDA devices); augment batches on the device
-    sync_bn: bool = False
-    show_progress: bool = True
-    rank: int = -1  # torchrun's global rank; -1 outside DDP
-    world_size: int = 1
-    resume: str | None = None  # a last.pt to continue from
-    record: dict = field(default_factory=dict)  # the CLI options as given, saved to opt.yaml and checkpoints
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.rank in (-1, 0)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -81,8 +43,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_detector(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> DetectionModel:
-    """A fresh model with transferred weights and anchors fitted to the labels (cached per anchor setting)."""
+FittedAnchors = dict[tuple, torch.Tensor]  # AutoAnchor's result per anchor setting, kept by whoever trains many runs
+
+
+def build_detector(
+    hyp: dict[str, float], options: TrainOptions, data: PreparedData, fitted_anchors: FittedAnchors | None = None
+) -> DetectionModel:
+    """A fresh model with transferred weights and anchors fitted to the labels.
+
+    ``fitted_anchors`` (owned by the caller, e.g. one per evolution worker) memoises AutoAnchor per setting, so
+    runs that share data, model and ``anchor_t`` fit anchors once."""
     anchors_per_level = round(hyp["anchors"]) if hyp.get("anchors") else None
     model = build_model(options.cfg, data.num_classes, anchors_per_level=anchors_per_level)
     if options.weights:
@@ -90,13 +60,14 @@ def build_detector(hyp: dict[str, float], options: TrainOptions, data: PreparedD
         loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=("anchors",))
         LOGGER.info(f"transferred {loaded} tensors from {options.weights}, skipped {skipped}")
     if options.autoanchor:
+        fitted_anchors = {} if fitted_anchors is None else fitted_anchors
         key = (str(options.cfg), anchors_per_level, hyp["anchor_t"], data.img_size, options.seed)
-        if key not in data.anchor_cache:
+        if key not in fitted_anchors:
             check_anchors(model, data.label_sizes(), hyp["anchor_t"], data.img_size, seed=options.seed)
-            data.anchor_cache[key] = model.detect.anchors.detach().clone()
+            fitted_anchors[key] = model.detect.anchors.detach().clone()
         with torch.no_grad():
-            model.detect.anchors.copy_(data.anchor_cache[key])
-    if options.is_main_process and options.show_progress:
+            model.detect.anchors.copy_(fitted_anchors[key])
+    if options.is_main_process and options.outputs.show_progress:
         LOGGER.info(model_summary(model, data.img_size))
     return model.to(options.device)
 
@@ -104,42 +75,37 @@ def build_detector(hyp: dict[str, float], options: TrainOptions, data: PreparedD
 def build_step_context(
     model: nn.Module, hyp: dict[str, float], options: TrainOptions, data: PreparedData, num_batches: int
 ) -> StepContext:
-    """Optimizer, schedule, loss, EMA and scaler for one run, with the nominal-batch rules applied."""
-    nominal = options.nominal_batch
-    accumulate = nominal_accumulation(options.batch_size, nominal)
-    lr0 = hyp["lr0"]
-    if options.lr_fit:
-        lr0 = fit_learning_rate(lr0, options.batch_size, options.optimizer, nominal)
-    run_hyp = {**hyp, "lr0": lr0}
-    weight_decay = scaled_weight_decay(hyp["weight_decay"], options.batch_size, accumulate, nominal)
-    optimizer = build_optimizer(model, options.optimizer, lr0, hyp["momentum"], weight_decay)
-    scheduler_params = {"warmup_epochs": hyp["warmup_epochs"], **options.scheduler}
+    """Optimizer, schedule, loss, EMA and scaler for one run, from the hyp derived once for this run's shape."""
+    derived = derive_hyp(
+        hyp, batch_size=options.batch_size, nominal_batch=options.nominal_batch,
+        num_layers=unwrap_model(model).detect.num_layers, num_classes=data.num_classes, img_size=data.img_size,
+        optimizer=options.optimizer, lr_fit=options.lr_fit,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, options.optimizer, derived.step.lr0, derived.step.momentum, derived.weight_decay)
+    scheduler_params = {"warmup_epochs": derived.warmup_epochs, **options.scheduler}
     scheduler_name = scheduler_params.pop("name")
-    scheduler = build_scheduler(scheduler_name, options.epochs, hyp["lrf"], **scheduler_params)
-    detect = model.module.detect if hasattr(model, "module") else model.detect
-    gains = scale_loss_gains(run_hyp, detect.num_layers, data.num_classes, data.img_size)
+    scheduler = build_scheduler(scheduler_name, options.epochs, derived.lrf, **scheduler_params)
     use_amp = options.amp and options.device.type == "cuda"
     return StepContext(
         optimizer=optimizer,
         scheduler=scheduler,
-        loss_fn=YoloLoss(model, gains, label_smoothing=options.label_smoothing),
+        loss_fn=YoloLoss(model, derived.loss, label_smoothing=options.label_smoothing),
         ema=ModelEMA(model) if options.is_main_process else None,
         scaler=torch.amp.GradScaler(options.device.type, enabled=use_amp),
-        hyp=run_hyp,
+        step_hyp=derived.step,
         device=options.device,
         batch_size=options.batch_size,
-        nominal_batch=nominal,
-        warmup_iters=warmup_iterations(hyp["warmup_epochs"], num_batches),
+        nominal_batch=options.nominal_batch,
+        warmup_iters=warmup_iterations(derived.warmup_epochs, num_batches),
         num_batches=num_batches,
         amp=use_amp,
-        world_size=options.world_size,
+        world_size=options.distributed.world_size,
     )
 
 
 def restore_state(model: nn.Module, context: StepContext, checkpoint: dict, num_batches: int) -> tuple[int, float]:
     """Load a last.pt into the run; returns (first epoch to train, best fitness so far)."""
-    target = model.module if hasattr(model, "module") else model
-    target.load_state_dict(checkpoint["training_model"])
+    unwrap_model(model).load_state_dict(checkpoint["training_model"])
     context.optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scheduler"):
         context.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -148,16 +114,6 @@ def restore_state(model: nn.Module, context: StepContext, checkpoint: dict, num_
     start_epoch = int(checkpoint["epoch"]) + 1
     context.last_optimizer_step = start_epoch * num_batches - 1
     return start_epoch, float(checkpoint.get("best_fitness", 0.0))
-
-
-def wrap_distributed(model: nn.Module, options: TrainOptions) -> nn.Module:
-    """DDP (and optional SyncBatchNorm) around the model when running under torchrun."""
-    if options.rank == -1:
-        return model
-    if options.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    device_ids = [options.device.index] if options.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def use_gpu_augment(options: TrainOptions, hyp: dict[str, float], data: PreparedData) -> bool:
@@ -172,37 +128,46 @@ def use_gpu_augment(options: TrainOptions, hyp: dict[str, float], data: Prepared
 
 def build_train_loader(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> tuple:
     """(dataset-like object with set_epoch/close_mosaic, iterable of batches) for this run's hyp."""
-    local_batch = max(options.batch_size // options.world_size, 1)
-    rank = max(options.rank, 0)
+    local_batch = max(options.batch_size // options.distributed.world_size, 1)
+    rank = max(options.distributed.rank, 0)
     if use_gpu_augment(options, hyp, data):
         augmenter = data.gpu_augmenter(hyp, options.seed, options.device)
-        return augmenter, GpuAugmentLoader(augmenter, local_batch, rank=rank, world_size=options.world_size)
+        return augmenter, GpuAugmentLoader(augmenter, local_batch, rank=rank, world_size=options.distributed.world_size)
     dataset = data.train_dataset(hyp, options.batch_size, options.seed)
     loader = build_dataloader(
         dataset, local_batch, options.workers, shuffle=True, seed=options.seed, rank=rank,
-        world_size=options.world_size,
+        world_size=options.distributed.world_size,
     )  # fmt: skip
     return dataset, loader
 
 
-def check_run(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> None:
+def check_run(
+    hyp: dict[str, float], options: TrainOptions, data: PreparedData, fitted_anchors: FittedAnchors | None = None
+) -> None:
     """Build what a run builds (model, weights, optimizer, schedule, loader choice) so that a bad flag fails now,
     once, with its own message, and not inside every evolution child."""
     close_mosaic_epoch(options.epochs, options.close_mosaic)
     use_gpu_augment(options, hyp, data)
-    model = build_detector(hyp, dataclasses.replace(options, show_progress=False), data)
+    model = build_detector(hyp, options.with_outputs(show_progress=False), data, fitted_anchors)
     build_step_context(model, hyp, options, data, num_batches=1)
 
 
-def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_epoch_end=None) -> dict[str, float]:
+def train(
+    hyp: dict[str, float],
+    options: TrainOptions,
+    data: PreparedData,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    fitted_anchors: FittedAnchors | None = None,
+) -> dict[str, float]:
     """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
 
-    ``on_epoch_end(epoch, metrics)`` is called after each validated epoch (evolution uses it for pruning).
-    Nothing is written when ``options.save_dir`` is None.
+    ``on_epoch_end(epoch, metrics)`` is called after each validated epoch (evolution uses it for pruning);
+    ``fitted_anchors`` see ``build_detector``.
+    Nothing is written when ``options.outputs.save_dir`` is None.
     """
-    seed_everything(options.seed + max(options.rank, 0), options.deterministic)
-    model = build_detector(hyp, options, data)
-    model = wrap_distributed(model, options)
+    seed_everything(options.seed + max(options.distributed.rank, 0), options.deterministic)
+    model = build_detector(hyp, options, data, fitted_anchors)
+    model = wrap_distributed(model, options.distributed, options.device)
     dataset, loader = build_train_loader(hyp, options, data)
     num_batches = len(loader)
     context = build_step_context(model, hyp, options, data, num_batches)
@@ -221,14 +186,8 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
             dataset.close_mosaic()
             LOGGER.info(f"closing mosaic and mixup for the last {options.epochs - epoch} epochs (epoch {epoch})")
         dataset.set_epoch(epoch)
-        train_terms = train_one_epoch(
-            model,
-            loader,
-            context,
-            epoch,
-            options.epochs,
-            show_progress=options.show_progress and options.is_main_process,
-        )
+        show_progress = options.outputs.show_progress and options.is_main_process
+        train_terms = train_one_epoch(model, loader, context, epoch, options.epochs, show_progress=show_progress)
         final_epoch = epoch + 1 == options.epochs
         epoch_fitness, improved = None, False
         if options.is_main_process:
@@ -239,7 +198,7 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
                 improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
                 epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
         stop = bool(options.patience and epochs_without_improvement >= options.patience)
-        epoch_fitness, stop = share_from_main_process(epoch_fitness, stop, options)
+        epoch_fitness, stop = share_from_main_process(epoch_fitness, stop, options.distributed, options.device)
         context.scheduler.step(epoch, epoch_fitness)  # before saving, so that a resume starts from this state
         if outputs is not None:
             outputs.end_epoch(epoch, metrics, improved, best_fitness, model, final=final_epoch or stop)
@@ -253,21 +212,9 @@ def train(hyp: dict[str, float], options: TrainOptions, data: PreparedData, on_e
     return metrics
 
 
-def share_from_main_process(
-    epoch_fitness: float | None, stop: bool, options: TrainOptions
-) -> tuple[float | None, bool]:
-    """Only rank 0 validates; under DDP every rank takes its fitness (for plateau) and its early-stop decision."""
-    if options.world_size <= 1:
-        return epoch_fitness, stop
-    shared = torch.tensor([math.nan if epoch_fitness is None else epoch_fitness, float(stop)], device=options.device)
-    torch.distributed.broadcast(shared, src=0)
-    fitness_value = shared[0].item()
-    return (None if math.isnan(fitness_value) else fitness_value), bool(shared[1].item())
-
-
 def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> dict[str, float]:
     """Validate the EMA model on the val split with the run's loss; returns metrics by name."""
-    local_batch = max(options.batch_size // options.world_size, 1)
+    local_batch = max(options.batch_size // options.distributed.world_size, 1)
     loader = data.val_loader(local_batch * 2, options.workers)
     return validate(
         context.ema.ema,

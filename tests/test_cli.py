@@ -1,0 +1,99 @@
+"""Tests for utils/cli.py: flags parse into the library's option objects; bad values are one-line user errors."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from utils import cli
+from utils.errors import UserError
+from utils.evolution import load_meta
+from utils.training.schedule import SCHEDULERS, build_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    return cli.train_parser().parse_args(list(flags))
+
+
+@pytest.mark.parametrize(
+    ("flags", "name", "hold_epochs"),
+    [
+        ((), "linear", 0),
+        (("--cos-lr",), "cos", 0),
+        (("--scheduler", "COS", "--cos-lr"), "cos", 0),
+        (("--scheduler", "warmcos", "--close-mosaic", "5"), "warmcos", 5),
+        (("--scheduler", "warmcos", "--close-mosaic", "5", "--min-lr-epochs", "2"), "warmcos", 2),
+    ],
+)
+def test_scheduler_params(flags: tuple[str, ...], name: str, hold_epochs: int) -> None:
+    params = cli.scheduler_params(parse(*flags))
+    assert (params["name"], params["hold_epochs"]) == (name, hold_epochs)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_builds_from_default_flags(name: str) -> None:
+    options = parse("--scheduler", name, "--lr-milestones", "3", "6")
+    recorded = cli.recorded_options(options)
+    assert yaml.safe_load(yaml.safe_dump(recorded)) == recorded  # opt.yaml round trip
+    schedule = build_scheduler(epochs=10, lrf=0.1, warmup_epochs=3.0, **cli.scheduler_params(options))
+    assert schedule.name == name and schedule.factor(0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(("--scheduler", "step", "--cos-lr"), "--cos-lr contradicts"), (("--scheduler", "poly"), "valid schedulers")],
+)
+def test_bad_schedule_flags_are_user_errors(flags: tuple[str, ...], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        cli.scheduler_params(parse(*flags))
+
+
+def test_evolve_flags_build_evolve_options():
+    parser = cli.train_parser()
+    assert parser.parse_args([]).evolve is None
+    assert parser.parse_args(["--evolve"]).evolve == cli.DEFAULT_CHILDREN == 300
+    args = parser.parse_args(["--evolve", "30", "--freeze-hyp", "lr0, mosaic", "--sampler", "tpe", "--prune"])
+    options = cli.build_evolve_options(args)
+    assert options.n == 30 and options.freeze == ("lr0", "mosaic") and options.sampler == "tpe" and options.prune
+    assert set(options.meta) == set(load_meta()) and options.run_dir == cli.RUNS / "evolve" / "exp"
+    other = cli.build_evolve_options(parser.parse_args(["--evolve", "--project", "elsewhere", "--name", "e"]))
+    assert other.run_dir == Path("elsewhere") / "e", "an explicit --project is used as given"
+
+
+def test_bad_choice_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_parser().parse_args(["--sampler", "nsga"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nsga" in lines[0]
+
+
+def test_train_options_split_along_their_seams():
+    args = cli.parse_train_args(["--data", "coco128.yaml", "--nosave", "--noplots", "--sync-bn", "--epochs", "7"])
+    options = cli.build_train_options(args, torch.device("cpu"), rank=0, world_size=2)
+    assert options.epochs == 7 and options.outputs.save_dir is None
+    assert (options.outputs.save_weights, options.outputs.plots) == (False, False)
+    assert (options.distributed.rank, options.distributed.world_size, options.distributed.sync_bn) == (0, 2, True)
+    assert options.outputs.record["epochs"] == 7 and options.is_main_process
+    assert options.with_outputs(save_dir=Path("x")).outputs.save_dir == Path("x") and options.outputs.save_dir is None
+
+
+def test_check_flags_rounds_img_up_to_the_stride():
+    args = cli.parse_train_args(["--data", "coco128.yaml", "--img", "60"])
+    cli.check_flags(args)
+    assert args.imgsz == 64
+
+
+def test_evolve_entry_point_defaults_to_300_children(tmp_path):
+    """evolve.py parses train.py's flags itself: a bare run means 300 children (checked by the flag check)."""
+    result = subprocess.run([sys.executable, str(ROOT / "evolve.py"), "--epochs", "0"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr

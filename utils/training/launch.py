@@ -1,0 +1,87 @@
+"""A whole training run as train.py starts it: resume, the run folder and its lock, DDP, data, then ``train``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.run_dir import RunFolderLock, increment_path
+from utils.training.checkpoint import load_checkpoint
+from utils.training.distributed import barrier_for_main_process, close_distributed, init_distributed
+from utils.training.hyp import check_hyp
+from utils.training.options import TrainOptions
+
+LOGGER = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run: the hyp and options, the data at one size, and where its folder goes."""
+
+    hyp: dict[str, float]
+    options: TrainOptions  # its outputs.save_dir is chosen here
+    data: str  # data yaml
+    img_size: int
+    cache: str | None
+    run_dir: Path  # project/name; the first free name*N unless exist_ok, or the folder being resumed
+    exist_ok: bool = False
+
+
+def resume_checkpoint_path(resume: str | bool, runs_root: Path) -> Path:
+    """The checkpoint ``--resume`` names, or for a bare ``--resume`` the newest ``runs_root/*/weights/last.pt``."""
+    if isinstance(resume, str):
+        return Path(resume)
+    candidates = sorted(runs_root.glob("*/weights/last.pt"), key=lambda path: path.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"--resume: no {runs_root}/*/weights/last.pt found to resume; pass the checkpoint path")
+    LOGGER.info(f"--resume: picked the newest checkpoint, {candidates[-1]}")
+    return candidates[-1]
+
+
+def claim_run_to_resume(checkpoint_path: Path) -> RunFolderLock:
+    """Lock the folder of the run to resume: a run that another process still trains is never taken over."""
+    return RunFolderLock(checkpoint_path.parent.parent).acquire("resume")
+
+
+def resume_state(checkpoint_path: Path) -> tuple[dict, dict[str, float]]:
+    """(the options the run was started with, its hyp), from a last.pt that has epochs left to train."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if "training_model" not in checkpoint or not checkpoint.get("options"):
+        raise UserError(f"--resume: {checkpoint_path} holds no training state (was it saved by train.py?)")
+    if checkpoint["epoch"] + 1 >= checkpoint["options"]["epochs"]:
+        raise UserError(f"--resume: {checkpoint_path} already finished all {checkpoint['options']['epochs']} epochs")
+    return checkpoint["options"], check_hyp(checkpoint["hyp"], source=f"{checkpoint_path} hyp")
+
+
+def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, float]:
+    """Train ``job`` as this process's rank; rank 0 makes and locks the run folder. Returns the final metrics.
+
+    ``lock``: the resumed run's folder lock, already held (``claim_run_to_resume``); released at the end.
+    """
+    from utils.data.prepared import prepare_data
+    from utils.training.trainer import check_run, train
+
+    options, distributed = job.options, job.options.distributed
+    if options.weights:
+        load_checkpoint(options.weights)  # a missing or corrupt file fails now, not after the dataset scan
+    init_distributed(options.device, distributed.world_size)
+    try:
+        barrier_for_main_process(distributed.rank, first=True)  # rank 0 generates/scans and caches labels first
+        data = prepare_data(job.data, job.img_size, job.cache)
+        barrier_for_main_process(distributed.rank, first=False)
+        check_run(job.hyp, options, data)
+        save_dir = None
+        if distributed.is_main_process:
+            save_dir = job.run_dir if options.resume else increment_path(job.run_dir, job.exist_ok)
+            lock = lock or RunFolderLock(save_dir).acquire()
+        metrics = train(job.hyp, options.with_outputs(save_dir=save_dir), data)
+    finally:
+        if lock is not None:
+            lock.release()
+    if distributed.is_main_process:
+        summary = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in metrics.items() if "metrics/" in key)
+        LOGGER.info(f"done: {summary}; results in {save_dir}")
+    close_distributed(distributed.world_size)
+    return metrics
