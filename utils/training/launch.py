@@ -61,7 +61,7 @@ def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, 
     ``lock``: the resumed run's folder lock, already held (``claim_run_to_resume``); released at the end.
     """
     from utils.data.prepared import prepare_data
-    from utils.training.trainer import check_run, train
+    from utils.training.trainer import FittedAnchors, check_run, train
 
     options, distributed = job.options, job.options.distributed
     if options.weights:
@@ -71,12 +71,13 @@ def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, 
         barrier_for_main_process(distributed.rank, first=True)  # rank 0 generates/scans and caches labels first
         data = prepare_data(job.data, job.img_size, job.cache)
         barrier_for_main_process(distributed.rank, first=False)
-        check_run(job.hyp, options, data)
+        fitted_anchors: FittedAnchors = {}  # AutoAnchor runs once, for the check and the run
+        check_run(job.hyp, options, data, fitted_anchors)
         save_dir = None
         if distributed.is_main_process:
             save_dir = job.run_dir if options.resume else increment_path(job.run_dir, job.exist_ok)
             lock = lock or RunFolderLock(save_dir).acquire()
-        metrics = train(job.hyp, options.with_outputs(save_dir=save_dir), data)
+        metrics = train(job.hyp, options.with_outputs(save_dir=save_dir), data, fitted_anchors=fitted_anchors)
     finally:
         if lock is not None:
             lock.release()
