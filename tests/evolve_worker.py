@@ -26,6 +26,18 @@ def synthetic_metrics(hyp: dict[str, float]) -> dict[str, float]:
     }
 
 
+def noisy_metrics(hyp: dict[str, float], train_seed: int, noise: float, epochs: int | None = None) -> dict[str, float]:
+    """``synthetic_metrics`` plus seed noise of sd ``noise`` (a pure function of the hyp and the training seed);
+    longer runs (``epochs``) score a little higher, keeping the order."""
+    import numpy as np
+
+    metrics = synthetic_metrics(hyp)
+    key = [train_seed, *(round(value * 1e6) for value in hyp.values())]
+    shift = noise * float(np.random.default_rng([abs(part) for part in key]).standard_normal()) + 0.01 * bool(epochs)
+    return {**metrics, "metrics/mAP_0.5": metrics["metrics/mAP_0.5"] + shift,
+            "metrics/mAP_0.5:0.95": metrics["metrics/mAP_0.5:0.95"] + shift}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
@@ -35,16 +47,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang-child", type=int, default=None, help="this child sleeps until killed")
     parser.add_argument("--started-file", type=Path, default=None, help="touched when the hanging child starts")
+    parser.add_argument("--hang-evaluation", type=int, default=None, help="a repeat of this child sleeps until killed")
+    parser.add_argument("--confirm", type=int, default=0)
+    parser.add_argument("--confirm-seeds", type=int, default=0)
+    parser.add_argument("--fidelity", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=0.0, help="sd of seed noise added to the fitness")
+    parser.add_argument("--seconds", type=float, default=0.0, help="each run takes this long")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from utils.evolution import load_meta, run
+    from utils.evolution.evaluations import TrustPlan
     from utils.training.hyp import load_hyp
 
     def objective(hyp: dict[str, float], child: object) -> dict[str, float]:
-        if child.index == args.hang_child:
+        repeat = child.train_seed != args.seed
+        if (child.index == args.hang_child and not repeat) or (child.index == args.hang_evaluation and repeat):
             args.started_file.touch()
             time.sleep(600)
-        return synthetic_metrics(hyp)
+        time.sleep(args.seconds)
+        return noisy_metrics(hyp, child.train_seed, args.noise, child.epochs)
 
     run(
         objective,
@@ -56,6 +77,8 @@ def main() -> None:
         study_name=args.study_name,
         seed=args.seed,
         plots=False,
+        trust=TrustPlan(args.confirm, args.confirm_seeds, args.fidelity, 9),
+        poll_seconds=0.2,
     )
 
 

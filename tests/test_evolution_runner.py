@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from tests.evolve_worker import synthetic_metrics
 from utils.errors import UserError
 from utils.evolution import load_meta, run
+from utils.evolution.evaluations import TrustPlan
 from utils.training.hyp import load_hyp
 
 
@@ -123,13 +124,16 @@ def test_child_context_and_saved_children(tmp_path):
 
     def recording(hyp, child):
         (child.run_dir / "weights.txt").write_text(str(child.index))
-        seen.append((child.index, child.seed, child.hyp == hyp))
+        seen.append((child.index, child.seed, child.hyp == hyp, child.train_seed))
         return synthetic_metrics(hyp)
 
-    run(recording, load_hyp(), load_meta(), 2, run_dir=tmp_path, save_children=True, seed=3, plots=False)
-    assert [index for index, _, _ in seen] == [0, 1] and all(same for _, _, same in seen)
-    assert seen[0][1] != seen[1][1]
+    trust = TrustPlan(confirm=1, confirm_seeds=1)
+    run(recording, load_hyp(), load_meta(), 2, run_dir=tmp_path, save_children=True, seed=3, plots=False, trust=trust)
+    # child 0 is the base: one repeat with the next seed as soon as it is done; then child 1, the top one, confirmed
+    assert [(index, train_seed) for index, _, _, train_seed in seen] == [(0, 3), (0, 4), (1, 3), (1, 4)]
+    assert all(same for _, _, same, _ in seen) and seen[0][1] != seen[2][1]
     assert (tmp_path / "children" / "1" / "weights.txt").read_text() == "1"
+    assert (tmp_path / "children" / "1-repeat-seed4" / "weights.txt").read_text() == "1"
 
 
 def test_unsaved_children_leave_nothing(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from utils.evolution.runner import suggest_hyp
+from utils.evolution.child import suggest_hyp
 from utils.evolution.sampler import (
     FACTOR_RANGE,
     IMPORTED_ATTR,

@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from tests.evolve_worker import synthetic_metrics
 from utils.errors import UserError
+from utils.evolution.child import compute_fitness
 from utils.evolution.importer import import_evolve_csv
-from utils.evolution.runner import compute_fitness
 from utils.evolution.sampler import quiet_optuna
 from utils.evolution.search_space import load_meta, validate_search_space
 from utils.evolution.views import CSV_METRICS, csv_header, render_csv, write_views

@@ -19,7 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from utils.errors import UserError
-from utils.evolution.runner import compute_fitness
+from utils.evolution.child import compute_fitness
 from utils.evolution.storage import open_storage
 from utils.evolution.views import CSV_METRICS
 from utils.training.hyp import load_hyp
@@ -53,8 +53,9 @@ def read_csv(run_dir: Path) -> tuple[list[str], list[dict[str, float]]]:
     return lines, rows
 
 
-def check_shared_study(run_dir: Path, study: optuna.Study, n: int) -> None:
-    """Exactly n rows under one header, no duplicate children, one base hyp, and the best row is the best."""
+def check_shared_study(run_dir: Path, study: optuna.Study, n: int, confirmed: bool = False) -> None:
+    """Exactly n rows under one header, no duplicate children, one base hyp, and the best row is the best (unless
+    a confirmed winner replaced it in hyp_evolve.yaml)."""
     lines, rows = read_csv(run_dir)
     assert sum(line == lines[0] for line in lines) == 1 and len(rows) == n
     hyp_keys = list(load_hyp())
@@ -69,7 +70,11 @@ def check_shared_study(run_dir: Path, study: optuna.Study, n: int) -> None:
     best_row = rows[max(range(n), key=fitness.__getitem__)]
     assert max(fitness) == pytest.approx(study.best_value, rel=1e-4)
     best_yaml = yaml.safe_load((run_dir / "hyp_evolve.yaml").read_text())
-    assert best_yaml == pytest.approx({key: best_row[key] for key in hyp_keys}, rel=1e-4)
+    if confirmed:
+        assert "confirmed winner" in (run_dir / "hyp_evolve.yaml").read_text()
+        assert any(best_yaml == pytest.approx({key: row[key] for key in hyp_keys}, rel=1e-4) for row in rows)
+    else:
+        assert best_yaml == pytest.approx({key: best_row[key] for key in hyp_keys}, rel=1e-4)
 
 
 def test_four_workers_share_one_journal_study(tmp_path):
@@ -207,3 +212,46 @@ def test_readme_postgres_command_trains_children(tmp_path, postgres_url, tiny_da
     assert len(lines) == 1 + 2
     study = optuna.load_study(study_name="evo-pg", storage=open_storage(tmp_path, postgres_url))
     assert sum(trial.state == TrialState.COMPLETE for trial in study.trials) == 2
+
+
+def evaluation_tasks(run_dir: Path, study_name: str = "evo") -> list[tuple]:
+    evaluations = optuna.load_study(study_name=f"{study_name}/evaluations", storage=open_storage(run_dir, None))
+    complete = [trial for trial in evaluations.trials if trial.state == TrialState.COMPLETE]
+    return [tuple(trial.user_attrs["task"].values()) for trial in complete]
+
+
+TRUST = ("--confirm", "3", "--confirm-seeds", "2", "--fidelity", "3", "--noise", "0.01")
+
+
+def test_three_workers_share_the_confirmation_and_fidelity_runs(tmp_path):
+    run_dir = tmp_path / "evo"
+    outputs = finish([start_worker(run_dir, 8, *TRUST, "--seconds", "0.05") for _ in range(3)])
+    tasks = evaluation_tasks(run_dir)
+    assert len(tasks) == len(set(tasks)), "an evaluation was trained twice"
+    kinds = [task[0] for task in tasks]
+    assert kinds.count("fidelity") == 3 and kinds.count("repeat") in (6, 8)  # base: 2; top 3 (maybe the base): 2 each
+    evaluations = optuna.load_study(study_name="evo/evaluations", storage=open_storage(run_dir, None))
+    assert len({trial.user_attrs["worker"]["pid"] for trial in evaluations.trials}) > 1, "one worker did all the work"
+    verdicts = [output.strip().splitlines()[-1] for output in outputs]
+    assert all(line.startswith("evolve: verdict:") for line in verdicts) and len(set(verdicts)) == 1, verdicts
+    study = optuna.load_study(study_name="evo", storage=open_storage(run_dir, None))
+    check_shared_study(run_dir, study, 8, confirmed=True)
+
+
+def test_a_sigkilled_confirmation_is_redone_once_on_resume(tmp_path):
+    run_dir, started = tmp_path / "evo", tmp_path / "started"
+    worker = start_worker(run_dir, 4, *TRUST, "--hang-evaluation", "0", "--started-file", str(started))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not started.exists():
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)  # inside the base's first repeat
+    worker.wait()
+    assert evaluation_tasks(run_dir) == []
+    output = finish([start_worker(run_dir, 4, *TRUST)])[0]
+    tasks = evaluation_tasks(run_dir)
+    assert len(tasks) == len(set(tasks)) and ("repeat", 0, 1, None) in tasks
+    assert "verdict:" in output.strip().splitlines()[-1]
+    evaluations = optuna.load_study(study_name="evo/evaluations", storage=open_storage(run_dir, None))
+    killed = evaluations.trials[0]
+    assert killed.state == TrialState.FAIL and "stopped without finishing" in killed.user_attrs["error"]

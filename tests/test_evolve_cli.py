@@ -34,6 +34,12 @@ def test_train_evolve_writes_all_views_and_resumes(tiny_dataset, tmp_path):
     assert (run_dir / "hyp_evolve.yaml").is_file() and (run_dir / "study.journal").is_file()
     best = yaml.safe_load((run_dir / "hyp_evolve.yaml").read_text())
     assert set(best) >= {"lr0", "mosaic", "anchor_t"}
+    lines = first.stdout.strip().splitlines()
+    assert "warmup trap" in first.stderr, "1 epoch of 3 batches is all warmup: the user is told once"
+    assert first.stderr.count("warmup trap") == 1
+    assert any(line.startswith("evolve: noise: pooled sd") for line in lines)
+    assert lines[-1].startswith("evolve: verdict: "), lines[-3:]
+    assert len(csv_rows(run_dir / "confirm.csv")) >= 1 + 2, "the base was trained with two more seeds"
 
     again = run_evolve(tiny_dataset, tmp_path, 4, "--exist-ok")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -19,6 +19,7 @@ from utils.training.schedule import (
     iteration_settings,
     learning_rate_curve,
     warmup_iterations,
+    warmup_trap,
 )
 
 STEP = StepHyp(lr0=0.01, momentum=0.937, warmup_momentum=0.8, warmup_bias_lr=0.1)
@@ -219,3 +220,22 @@ def test_close_mosaic_epoch(epochs: int, close_mosaic: int, expected: int) -> No
 def test_close_mosaic_must_not_be_negative() -> None:
     with pytest.raises(UserError, match="--close-mosaic"):
         close_mosaic_epoch(10, -1)
+
+
+@pytest.mark.parametrize(
+    ("warmup_epochs", "batches", "epochs", "minimum", "warns"),
+    [
+        (3.0, 3, 10, 100, True),  # 46 images at batch 16: yolov5's floor swallows the whole run
+        (0.0, 3, 10, 15, False),  # warmup is exactly half the run: not yet a trap
+        (0.0, 3, 10, 16, True),  # one iteration more than half
+        (5.0, 3, 10, 0, False),  # 15 of 30 from warmup_epochs alone
+        (5.1, 3, 10, 0, False),  # round(15.3) = 15: still exactly half
+        (5.2, 3, 10, 0, True),  # round(15.6) = 16: one over
+        (3.0, 25, 30, 100, False),  # the built-in data at batch 16: 100 of 750
+    ],
+)
+def test_warmup_trap_warns_exactly_above_half_the_run(warmup_epochs, batches, epochs, minimum, warns) -> None:
+    message = warmup_trap(warmup_epochs, batches, epochs, minimum)
+    assert (message is not None) is warns
+    if message is not None:
+        assert f"of this run's {batches * epochs} iterations" in message and "--min-warmup-iters" in message

@@ -162,3 +162,13 @@ def test_batched_device_augmentation_path_trains(prepared, hyp, monkeypatch):
     metrics = train(hyp, tiny_options(epochs=2, gpu_augment="on", close_mosaic=1), prepared)
     assert isinstance(loaders[0], GpuAugmentLoader)
     assert metrics["train/box_loss"] > 0 and 0.0 <= metrics["metrics/mAP_0.5"] <= 1.0
+
+
+def test_a_recorded_hyp_and_seed_reproduce_their_fitness(prepared, hyp):
+    """What the evolution records for every run (its hyp and training seed) retrains to the same fitness on the CPU;
+    another seed gives another result, which is the noise the evolution measures."""
+    options = tiny_options(epochs=2, seed=7)
+    first, again = train(hyp, options, prepared), train(dict(hyp), options, prepared)
+    assert first["fitness"] == again["fitness"] and first == again
+    other = train(hyp, dataclasses.replace(options, seed=8), prepared)
+    assert other["train/box_loss"] != first["train/box_loss"]

@@ -13,13 +13,14 @@ import torch
 
 from utils.errors import USER_ERROR_EXIT_CODE, UserError
 from utils.evaluation.fitness import parse_fitness_weights
+from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
 from utils.evolution.sampler import PARENT_SELECTIONS, SAMPLERS
 from utils.evolution.search_space import DEFAULT_META, load_meta
 from utils.training.hyp import DEFAULT_HYP
 from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS
 from utils.training.options import DistributedOptions, OutputOptions, TrainOptions
-from utils.training.schedule import SCHEDULERS, scheduler_name
+from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
 
 if TYPE_CHECKING:
     from utils.evolution.training_objective import TrainingJob
@@ -82,6 +83,13 @@ def train_parser(description: str | None = None) -> CliParser:
         help="augment batches on the device (auto: on for CUDA)",
     )
     parser.add_argument("--nbs", type=int, default=64, help="nominal batch size: smaller batches accumulate to it")
+    parser.add_argument(
+        "--min-warmup-iters",
+        type=int,
+        default=MIN_WARMUP_ITERS,
+        metavar="N",
+        help=f"warmup lasts max(warmup_epochs x batches per epoch, N) iterations (yolov5: {MIN_WARMUP_ITERS})",
+    )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     add_schedule_arguments(parser)
     add_evolve_arguments(parser)
@@ -135,6 +143,34 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         default="single",
         help="ga: one fitness-weighted parent (yolov5 default) or the fitness-weighted mean of the top 5",
     )
+    group.add_argument(
+        "--confirm",
+        type=int,
+        default=3,
+        metavar="K",
+        help="retrain the top K children with fresh seeds once all children are done (0: skip)",
+    )
+    group.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=2,
+        metavar="S",
+        help="fresh training seeds per confirmed child; the base hyp gets as many (noise estimate)",
+    )
+    group.add_argument(
+        "--fidelity",
+        type=int,
+        default=0,
+        metavar="K",
+        help="retrain K children, spanning the fitness range, at full length: does short predict long?",
+    )
+    group.add_argument(
+        "--fidelity-epochs",
+        type=int,
+        default=None,
+        metavar="E",
+        help="full length for --fidelity (default: 3x --epochs)",
+    )
     return parser
 
 
@@ -170,6 +206,11 @@ FLAG_MINIMUMS = (
     ("--close-mosaic", "close_mosaic", 0, "final epochs without mosaic"),
     ("--evolve", "evolve", 1, "children"),
     ("--max-det", "max_det", 1, "detections per image"),
+    ("--confirm", "confirm", 0, "children to confirm"),
+    ("--confirm-seeds", "confirm_seeds", 0, "seeds per confirmed child"),
+    ("--fidelity", "fidelity", 0, "children to retrain at full length"),
+    ("--fidelity-epochs", "fidelity_epochs", 1, "epochs"),
+    ("--min-warmup-iters", "min_warmup_iters", 0, "warmup iterations"),
     ("--coco-max-dets", "coco_max_dets", 1, "detections per image and class"),
 )
 
@@ -235,6 +276,7 @@ def build_train_options(
         validate_every_epoch=not args.noval,
         fitness_weights=parse_fitness_weights(args.fitness) if args.fitness else None,
         gpu_augment=args.gpu_augment,
+        min_warmup_iters=args.min_warmup_iters,
         resume=args.resume if isinstance(args.resume, str) else None,
         outputs=OutputOptions(save_weights=not args.nosave, plots=not args.noplots, record=recorded_options(args)),
         distributed=DistributedOptions(rank=rank, world_size=world_size, sync_bn=args.sync_bn),
@@ -277,6 +319,7 @@ def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
         parent_selection=args.parent_selection,
         save_children=args.save_children,
         plots=not args.noplots,
+        trust=TrustPlan(args.confirm, args.confirm_seeds, args.fidelity, args.fidelity_epochs or 3 * args.epochs),
     )
 
 

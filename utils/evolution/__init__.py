@@ -4,8 +4,9 @@
 training. ``utils.evolution.training_objective`` is the one adapter that evolves a training run.
 """
 
+from utils.evolution.child import ChildContext
 from utils.evolution.options import EvolveOptions
-from utils.evolution.runner import ChildContext, run
+from utils.evolution.runner import run
 from utils.evolution.search_space import GeneSpec, SearchSpace, load_meta, validate_search_space
 
 __all__ = [

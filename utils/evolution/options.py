@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.evolution.evaluations import TrustPlan
 from utils.evolution.search_space import GeneSpec
 
 
@@ -26,6 +27,7 @@ class EvolveOptions:
     parent_selection: str = "single"
     save_children: bool = False
     plots: bool = True
+    trust: TrustPlan = field(default_factory=TrustPlan)  # noise, confirmation and fidelity evaluations
 
     def run_arguments(self) -> dict[str, object]:
         """The keyword arguments of ``utils.evolution.run`` besides the objective and the base hyp."""
@@ -43,4 +45,5 @@ class EvolveOptions:
             "parent_selection": self.parent_selection,
             "save_children": self.save_children,
             "plots": self.plots,
+            "trust": self.trust,
         }

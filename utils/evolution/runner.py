@@ -4,65 +4,38 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import UserError
+from utils.evolution.child import Objective, compute_fitness, run_child, run_evaluation
+from utils.evolution.evaluations import (
+    Task,
+    TrustPlan,
+    claim_task,
+    evaluation_study,
+    finished_evaluations,
+    planned_tasks,
+)
 from utils.evolution.importer import import_evolve_csv
-from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, child_seed, quiet_optuna
+from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, quiet_optuna
 from utils.evolution.search_space import GeneSpec, SearchSpace, validate_search_space
-from utils.evolution.storage import WORKER_ATTR, Heartbeat, Worker, fail_stale_children, open_study, run_lock
+from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children, open_study, run_lock
+from utils.evolution.trust import TrustReport, build_report
 from utils.evolution.views import write_views
 from utils.run_dir import make_folder
 
 LOGGER = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 10  # that many failed children in a row means the setup is broken, not the hyps
+MAX_TASK_FAILURES = 2  # an evaluation that failed this often is given up
 SURPLUS_ATTR = "surplus"
 SETUP_ATTR = "setup"
-
-
-@dataclass
-class ChildContext:
-    """What the objective gets besides the hyp: who the child is, where its files go, and pruning reports."""
-
-    index: int
-    seed: int
-    hyp: dict[str, float]
-    trial: optuna.Trial
-    run_dir: Path
-
-    def report(self, step: int, fitness: float) -> None:
-        """Record an intermediate fitness; raises ``optuna.TrialPruned`` when pruning is on and the child lags."""
-        self.trial.report(float(fitness), step)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} with fitness {fitness:.5g}")
-
-
-Objective = Callable[[dict[str, float], ChildContext], Mapping[str, float]]
-
-
-def compute_fitness(metrics: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
-    from utils.evaluation.fitness import fitness
-
-    return float(fitness(dict(metrics), dict(weights) if weights is not None else None))
-
-
-def scalar_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
-    """The metrics that are single numbers (floats, numpy or 0-d tensor scalars); anything else is not recorded."""
-    scalars = {}
-    for name, value in metrics.items():
-        try:
-            scalars[name] = float(value)
-        except (TypeError, ValueError, RuntimeError):  # arrays, strings, multi-element tensors
-            continue
-    return scalars
 
 
 def own_children(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -125,68 +98,6 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
         )
 
 
-def suggest_hyp(trial: optuna.Trial, space: SearchSpace) -> dict[str, float]:
-    """Draw every evolved key through the study's sampler; fixed keys come from the base hyp."""
-    params = {}
-    for key, spec in space.genes.items():
-        log = spec.scale == "log"
-        if spec.type == "int":
-            params[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=log)
-        else:
-            params[key] = trial.suggest_float(key, spec.low, spec.high, log=log)
-    return space.hyp_from_params(params)
-
-
-def child_directory(run_dir: Path, index: int, save_children: bool) -> AbstractContextManager[str]:
-    """The child's own folder: kept under children/ with --save-children, otherwise removed afterwards."""
-    if save_children:
-        path = run_dir / "children" / str(index)
-        path.mkdir(parents=True, exist_ok=True)
-        return nullcontext(str(path))
-    return tempfile.TemporaryDirectory(dir=run_dir, prefix=f".child{index}-")
-
-
-def run_child(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    space: SearchSpace,
-    objective: Objective,
-    score: Callable[[Mapping[str, float]], float],
-    seed: int,
-    run_dir: Path,
-    save_children: bool,
-) -> TrialState:
-    """Run one child and record it as COMPLETE, PRUNED or FAIL (with the error); KeyboardInterrupt re-raises."""
-    hyp = suggest_hyp(trial, space)
-    lineage = getattr(study.sampler, "lineage", {}).pop(trial.number, {})
-    trial.set_user_attr("hyp", hyp)
-    trial.set_user_attr("child", {"index": trial.number, "seed": seed, "child_seed": child_seed(seed, trial.number)})
-    trial.set_user_attr("lineage", lineage)
-    try:
-        with child_directory(run_dir, trial.number, save_children) as folder, Heartbeat(trial):
-            context = ChildContext(trial.number, child_seed(seed, trial.number), dict(hyp), trial, Path(folder))
-            metrics = scalar_metrics(objective(dict(hyp), context))
-        value = score(metrics)
-        if not math.isfinite(value):
-            raise ValueError(f"fitness is {value} (metrics {metrics})")
-    except optuna.TrialPruned as pruned:
-        trial.set_user_attr("pruned", str(pruned))
-        study.tell(trial, state=TrialState.PRUNED)
-        return TrialState.PRUNED
-    except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted (KeyboardInterrupt)")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as error:  # any failure of one child (NaN loss, OOM, bad value) must not end the evolution
-        LOGGER.warning("child %d failed: %s: %s", trial.number, type(error).__name__, error)
-        trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-        study.tell(trial, state=TrialState.FAIL)
-        return TrialState.FAIL
-    trial.set_user_attr("metrics", metrics)
-    study.tell(trial, value)
-    return TrialState.COMPLETE
-
-
 def run(
     objective: Objective,
     base_hyp: Mapping[str, float],
@@ -206,6 +117,8 @@ def run(
     save_children: bool = False,
     plots: bool = True,
     setup: Mapping[str, object] | None = None,
+    trust: TrustPlan | None = None,
+    poll_seconds: float = 5.0,
 ) -> optuna.Study:
     """Evolve ``base_hyp`` until the study holds ``n`` finished children, sharing the study with other workers.
 
@@ -215,6 +128,9 @@ def run(
     rerunning the same command resumes toward ``n``. Imported rows (``evolve_from``) do not count toward ``n``.
     ``setup`` (json-safe, e.g. data and model) joins the hyp keys and search space recorded on the study: a worker
     whose setup differs is refused. ``plots=False`` skips evolve.png/fitness.png (the csv and yaml are always kept).
+    ``trust`` (default ``TrustPlan()``) adds the extra evaluations that measure noise, confirm the winner and check
+    fidelity; they do not count toward ``n``. A worker with nothing left to claim waits (``poll_seconds``) while
+    other workers still run children or evaluations, so that every worker ends with the same verdict.
     """
     if n < 1:
         raise UserError(f"--evolve needs a number of children >= 1 (got {n})")
@@ -223,28 +139,112 @@ def run(
     quiet_optuna()
     score = functools.partial(compute_fitness, weights=fitness_weights)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
-    worker = Worker.current()
     with run_lock(run_dir):
         search = build_sampler(sampler, space, seed, parent_selection)
         study = open_study(run_dir, storage, study_name or run_dir.name, search, pruner)
         check_setup(study, space, setup)
         if evolve_from is not None:
-            meta_keys = set(meta) | set(space.base_hyp)
-            import_evolve_csv(study, Path(evolve_from), space, meta_keys, score)
-    refresh = functools.partial(refresh_views, study, run_dir, space, plots)
-    while (trial := claim_child(study, n, worker)) is not None:
-        try:
-            state = run_child(study, trial, space, objective, score, seed, run_dir, save_children)
-        finally:
-            refresh()
-        report_progress(study, trial.number, state, n)
-    refresh()
+            import_evolve_csv(study, Path(evolve_from), space, set(meta) | set(space.base_hyp), score)
+    work = Work(study, evaluation_study(study), space, objective, score, seed, run_dir, save_children, n,
+                trust or TrustPlan(), Worker.current(), plots)  # fmt: skip
+    while True:
+        if work.step():
+            continue
+        if not work.pending():
+            break
+        time.sleep(poll_seconds)  # nothing to claim, but other workers still train children or evaluations
+    work.refresh()
+    for line in work.report().lines():
+        print(f"evolve: {line}", flush=True)
     return study
 
 
-def refresh_views(study: optuna.Study, run_dir: Path, space: SearchSpace, plots: bool) -> None:
-    with run_lock(run_dir):
-        write_views(study, run_dir, list(space.base_hyp), space.evolved_keys, plots=plots)
+@dataclass
+class Work:
+    """One worker's share: due evaluations first (the base's repeats as soon as the base is done, then
+    confirmation and fidelity once every child is done), else a new child."""
+
+    study: optuna.Study
+    evaluations: optuna.Study
+    space: SearchSpace
+    objective: Objective
+    score: Callable[[Mapping[str, float]], float]
+    seed: int
+    run_dir: Path
+    save_children: bool
+    n: int
+    trust: TrustPlan
+    worker: Worker
+    plots: bool
+
+    def step(self) -> bool:
+        """Run one evaluation or child; False when neither is available to this worker now."""
+        claimed = claim_task(self.evaluations, self.due_tasks(), self.worker)
+        if claimed is not None:
+            task, trial = claimed
+            child = {trial.number: trial for trial in self.study.get_trials(deepcopy=False)}[task.child]
+            try:
+                state = run_evaluation(self.evaluations, trial, task, child, self.objective, self.score, self.seed,
+                                       self.run_dir, self.save_children)  # fmt: skip
+            finally:
+                self.refresh()
+            value = self.evaluations.get_trials(deepcopy=False)[trial.number].value
+            result = f"fitness {value:.5g}" if state == TrialState.COMPLETE else state.name.lower()
+            length = f", {task.epochs} epochs" if task.epochs else ""
+            print(f"evolve: {task.kind} of child {task.child} (seed {task.seed}{length}) {result}", flush=True)
+            return True
+        trial = claim_child(self.study, self.n, self.worker)
+        if trial is None:
+            return False
+        try:
+            state = run_child(self.study, trial, self.space, self.objective, self.score, self.seed, self.run_dir,
+                              self.save_children)  # fmt: skip
+        finally:
+            self.refresh()
+        report_progress(self.study, trial.number, state, self.n)
+        return True
+
+    def due_tasks(self) -> list[Task]:
+        """The planned evaluations, less those that failed twice (a run that keeps failing is given up)."""
+        children = own_children(self.study)
+        tasks = planned_tasks(children, base_child(children), all_children_done(self.study, self.n), self.seed,
+                              self.trust)  # fmt: skip
+        failures = Counter(
+            Task.of(trial) for trial in self.evaluations.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if SURPLUS_ATTR not in trial.user_attrs
+        )  # fmt: skip
+        return [task for task in tasks if failures[task] < MAX_TASK_FAILURES]
+
+    def pending(self) -> bool:
+        """Whether other workers may still finish children or evaluations (then this one waits for them)."""
+        running = (TrialState.RUNNING,)
+        return bool(self.study.get_trials(deepcopy=False, states=running)) or bool(
+            self.evaluations.get_trials(deepcopy=False, states=running)
+        )
+
+    def refresh(self) -> None:
+        """Rewrite every view from the two studies, under the run lock so that writers never interleave."""
+        evaluations = finished_evaluations(self.evaluations)
+        with run_lock(self.run_dir):
+            write_views(self.study, self.run_dir, list(self.space.base_hyp), self.space.evolved_keys, self.plots,
+                        evaluations=evaluations, report=self.report(evaluations))  # fmt: skip
+
+    def report(self, evaluations: list | None = None) -> TrustReport:
+        children = own_children(self.study)
+        evaluations = finished_evaluations(self.evaluations) if evaluations is None else evaluations
+        return build_report(children, base_child(children), evaluations, all_children_done(self.study, self.n),
+                            self.trust)  # fmt: skip
+
+
+def base_child(children: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The child that trained the base hyp (the first one a worker created)."""
+    return next((child for child in children if child.user_attrs.get("lineage", {}).get("base")), None)
+
+
+def all_children_done(study: optuna.Study, n: int) -> bool:
+    """``n`` children finished and none still running: the top children are final."""
+    children = own_children(study)
+    return count_finished(study) >= n and not any(child.state == TrialState.RUNNING for child in children)
 
 
 def report_progress(study: optuna.Study, number: int, state: TrialState, n: int) -> None:

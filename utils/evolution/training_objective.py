@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from utils.errors import UserError
+from utils.evolution.child import ChildContext
 from utils.evolution.options import EvolveOptions
-from utils.evolution.runner import ChildContext, run
+from utils.evolution.runner import run
 from utils.evolution.search_space import GeneSpec
 from utils.evolution.storage import check_storage
 from utils.training.hyp import HYP_RANGES
@@ -72,9 +73,11 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     def objective(hyp: dict[str, float], child: ChildContext) -> dict[str, float]:
         # Every child trains with the same seed (common random numbers: the same batches and augmentation draws),
         # so fitness differences come from the hyp rather than from luck; the mutation itself uses child.seed.
+        # Repeats train with other seeds (the noise) and fidelity runs longer (child.train_seed, child.epochs).
         # Like yolov5, children validate only their final epoch, unless pruning needs a fitness every epoch.
         options = base_options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
-        options = dataclasses.replace(options, validate_every_epoch=evolution.prune)
+        options = dataclasses.replace(options, validate_every_epoch=evolution.prune, seed=child.train_seed,
+                                      epochs=child.epochs or base_options.epochs)  # fmt: skip
         report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if evolution.prune else None
         return train(hyp, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
 
@@ -82,4 +85,5 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         objective, job.base_hyp, fitness_weights=job.options.fitness_weights, setup=dict(job.setup),
         **evolution.run_arguments(),
     )  # fmt: skip
-    LOGGER.info(f"evolution views in {evolution.run_dir}: evolve.csv, hyp_evolve.yaml, evolve.png, fitness.png")
+    LOGGER.info(f"evolution views in {evolution.run_dir}: evolve.csv, hyp_evolve.yaml, confirm.csv, evolve.png, "
+                "fitness.png (and fidelity.csv, fidelity.png with --fidelity)")  # fmt: skip

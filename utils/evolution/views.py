@@ -13,6 +13,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from utils.evolution.evaluations import FIDELITY, REPEAT, Task
+from utils.evolution.trust import TrustReport
+from utils.evolution.verdict import fidelity_sentence
 from utils.files import write_atomic
 from utils.yolo_csv import format_header, format_row
 
@@ -30,6 +33,9 @@ CSV_NAME = "evolve.csv"
 YAML_NAME = "hyp_evolve.yaml"
 EVOLVE_PLOT_NAME = "evolve.png"
 FITNESS_PLOT_NAME = "fitness.png"
+CONFIRM_CSV_NAME = "confirm.csv"  # repeated evaluations: evolve.csv's columns plus the child and the seed
+FIDELITY_CSV_NAME = "fidelity.csv"
+FIDELITY_PLOT_NAME = "fidelity.png"
 VIEW_RECORD_NAME = ".views.json"  # sha256 of each view as this evolution last wrote it
 
 
@@ -55,18 +61,40 @@ def render_csv(children: Sequence[FrozenTrial], hyp_keys: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_best_yaml(children: Sequence[FrozenTrial], hyp_keys: Sequence[str]) -> str:
-    """hyp_evolve.yaml text: comments with the best and last generation and the best metrics, then the best hyp."""
+def render_evaluations_csv(evaluations: Sequence[tuple[Task, FrozenTrial]], hyp_keys: Sequence[str], kind: str) -> str:
+    """confirm.csv (repeats) or fidelity.csv: evolve.csv's columns, then the evaluated child, the seed (and epochs)."""
+    extra = ("child", "seed", "epochs") if kind == FIDELITY else ("child", "seed")
+    lines = [format_header((*CSV_METRICS, *hyp_keys, *extra))]
+    for task, trial in evaluations:
+        if task.kind != kind:
+            continue
+        metrics, hyp = trial.user_attrs.get("metrics", {}), trial.user_attrs.get("hyp", {})
+        values = [metrics.get(name, math.nan) for name in CSV_METRICS] + [hyp.get(key, math.nan) for key in hyp_keys]
+        values += [task.child, task.seed, task.epochs][: len(extra)]
+        lines.append(format_row(values))
+    return "\n".join(lines) + "\n"
+
+
+def render_best_yaml(
+    children: Sequence[FrozenTrial], hyp_keys: Sequence[str], report: TrustReport | None = None
+) -> str:
+    """hyp_evolve.yaml text: yolov5's comments (best and last generation, the best metrics), the trust report, then
+    the hyp: the confirmed winner once confirmation is complete, until then the best single run."""
     best_row = max(range(len(children)), key=lambda row: children[row].value)
+    if report is not None and report.confirmed:
+        best_row = next(row for row, child in enumerate(children) if child.number == report.winner)
     best = children[best_row]
     metrics = best.user_attrs.get("metrics", {})
+    status = "confirmed winner" if report is not None and report.confirmed else "best single run, not confirmed"
     comments = [
         "# Hyperparameter evolution results",
-        f"# Best generation: {best_row} (child {best.number}, fitness {best.value:.5g})",
+        f"# Best generation: {best_row} (child {best.number}, fitness {best.value:.5g}; {status})",
         f"# Last generation: {len(children) - 1}",
         "# " + ("%20s," * len(CSV_METRICS) % CSV_METRICS).rstrip(","),
         "# " + ("%20.5g," * len(CSV_METRICS) % tuple(metrics.get(name, math.nan) for name in CSV_METRICS)).rstrip(","),
     ]
+    if report is not None:
+        comments += [f"# {line}" for line in report.lines()]
     hyp = {key: best.user_attrs["hyp"][key] for key in hyp_keys}
     return "\n".join(comments) + "\n\n" + yaml.safe_dump(hyp, sort_keys=False)
 
@@ -132,7 +160,13 @@ def free_backup_path(path: Path) -> Path:
 
 
 def write_views(
-    study: optuna.Study, run_dir: Path, hyp_keys: Sequence[str], evolved_keys: Sequence[str], plots: bool = True
+    study: optuna.Study,
+    run_dir: Path,
+    hyp_keys: Sequence[str],
+    evolved_keys: Sequence[str],
+    plots: bool = True,
+    evaluations: Sequence[tuple[Task, FrozenTrial]] = (),
+    report: TrustReport | None = None,
 ) -> None:
     """Regenerate every view from the study; call under the run lock so writers never interleave.
 
@@ -142,13 +176,38 @@ def write_views(
     views = OwnedViews(run_dir)
     views.write(CSV_NAME, render_csv(children, hyp_keys))
     if children:
-        views.write(YAML_NAME, render_best_yaml(children, hyp_keys))
+        views.write(YAML_NAME, render_best_yaml(children, hyp_keys, report))
+    for kind, name in ((REPEAT, CONFIRM_CSV_NAME), (FIDELITY, FIDELITY_CSV_NAME)):
+        if any(task.kind == kind for task, _ in evaluations):
+            views.write(name, render_evaluations_csv(evaluations, hyp_keys, kind))
     if plots:
-        from utils.plots.evolution import plot_evolve, plot_fitness  # matplotlib only when plotting
+        from utils.plots.evolution import plot_evolve, plot_fidelity, plot_fitness  # matplotlib only when plotting
 
         if children:
             plot_evolve(children, evolved_keys, views.claim(EVOLVE_PLOT_NAME))
             views.written(EVOLVE_PLOT_NAME)
-        plot_fitness(study.get_trials(deepcopy=False), views.claim(FITNESS_PLOT_NAME))
+        overlay = noise_overlay(report) if report is not None else None
+        plot_fitness(study.get_trials(deepcopy=False), views.claim(FITNESS_PLOT_NAME), overlay)
         views.written(FITNESS_PLOT_NAME)
+        if report is not None and report.fidelity is not None:
+            numbers = sorted(report.long)
+            short, long = [report.runs[number][0] for number in numbers], [report.long[number] for number in numbers]
+            title = fidelity_sentence(report.fidelity, report.fidelity_epochs).split(";")[0]
+            label = f"fitness, {report.fidelity_epochs} epochs"
+            plot_fidelity(numbers, short, long, title, label, views.claim(FIDELITY_PLOT_NAME))
+            views.written(FIDELITY_PLOT_NAME)
     views.save()
+
+
+def noise_overlay(report: TrustReport) -> object:
+    """fitness.png's band, extra seeds and confirmed winner, from the trust report."""
+    from utils.plots.evolution import NoiseOverlay
+
+    base = report.runs.get(report.base) if report.base is not None else None
+    winner = report.fresh.get(report.winner) if report.winner is not None else None
+    return NoiseOverlay(
+        base_mean=sum(base) / len(base) if base else None,
+        noise_sd=report.noise.sd if report.noise.known else None,
+        repeats=tuple((number, value) for number, values in report.fresh.items() for value in values),
+        winner=(report.winner, sum(winner) / len(winner)) if winner else None,
+    )

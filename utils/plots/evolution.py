@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +71,13 @@ def plot_evolve(children: Sequence[FrozenTrial], keys: Sequence[str], path: Path
     plt.close(figure)
 
 
-def plot_fitness(trials: Sequence[FrozenTrial], path: Path) -> None:
+def plot_fitness(trials: Sequence[FrozenTrial], path: Path, overlay: NoiseOverlay | None = None) -> None:
     """Fitness against child index with the running best.
 
     Completed children are dots. Pruned children are grey crosses at their last reported fitness. Failed
-    children have no fitness: they are red triangles along the bottom edge of the plot.
+    children have no fitness: they are red triangles along the bottom edge of the plot. With an overlay, the
+    base's mean +/- the study's noise sd is a shaded band (children inside it are indistinguishable from the base
+    by one run), each child's extra seeds are small dots above it, and the confirmed winner is ringed.
     """
     import matplotlib.pyplot as plt
 
@@ -95,10 +98,54 @@ def plot_fitness(trials: Sequence[FrozenTrial], path: Path) -> None:
     if failed:
         bottom = panel.get_ylim()[0] if complete or pruned else 0.0
         panel.plot([trial.number for trial in failed], [bottom] * len(failed), "v", color="red", label="failed")
+    if overlay is not None:
+        draw_noise(panel, overlay)
     panel.set_xlabel("child")
     panel.set_ylabel("fitness")
     if complete or pruned or failed:
         panel.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+@dataclass(frozen=True)
+class NoiseOverlay:
+    """What fitness.png adds from the evolution's trust report (plain values: plots know nothing of evolution)."""
+
+    base_mean: float | None = None
+    noise_sd: float | None = None  # the study's pooled seed noise; None while unknown
+    repeats: tuple[tuple[int, float], ...] = ()  # (child, fitness) of runs with other seeds
+    winner: tuple[int, float] | None = None  # (child, mean over its fresh seeds) once confirmed
+
+
+def draw_noise(panel: object, overlay: NoiseOverlay) -> None:
+    """The noise band around the base's mean, the extra seeds of repeated children, and the confirmed winner."""
+    if overlay.base_mean is not None and overlay.noise_sd is not None:
+        low, high = overlay.base_mean - overlay.noise_sd, overlay.base_mean + overlay.noise_sd
+        panel.axhspan(low, high, color="tab:orange", alpha=0.2, label=f"base mean ± noise sd ({overlay.noise_sd:.2g})")
+    if overlay.repeats:
+        numbers, values = zip(*overlay.repeats)
+        panel.plot(numbers, values, ".", color="tab:green", markersize=5, label="other seeds")
+    if overlay.winner is not None:
+        panel.plot(*overlay.winner, "o", markersize=12, markerfacecolor="none", markeredgecolor="k",
+                   label="confirmed winner (mean)")  # fmt: skip
+
+
+def plot_fidelity(
+    numbers: Sequence[int], short: Sequence[float], long: Sequence[float], title: str, long_label: str, path: Path
+) -> None:
+    """fidelity.png: each retrained child's short fitness (x) against its full-length fitness (y), labelled."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = new_figure(1, 1, panel_size=5)
+    panel = axes[0, 0]
+    panel.plot(short, long, "o")
+    for number, x, y in zip(numbers, short, long):
+        panel.annotate(str(number), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    panel.set_title(title, fontsize=10)
+    panel.set_xlabel("fitness, child length")
+    panel.set_ylabel(long_label)
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)

@@ -57,6 +57,7 @@ class TrainOptions:
     fitness_weights: dict[str, float] | None = None
     amp: bool = True  # only ever on for CUDA
     gpu_augment: str = "auto"  # on | off | auto (on for CUDA devices); augment batches on the device
+    min_warmup_iters: int = 100  # yolov5's floor under warmup_epochs x batches per epoch
     resume: str | None = None  # a last.pt to continue from
     outputs: OutputOptions = field(default_factory=OutputOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)

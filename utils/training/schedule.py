@@ -226,6 +226,26 @@ def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, minimum: int
     return max(round(warmup_epochs * batches_per_epoch), minimum)
 
 
+def warmup_trap(
+    warmup_epochs: float, batches_per_epoch: int, epochs: int, minimum: int = MIN_WARMUP_ITERS
+) -> str | None:
+    """One line when warmup would take more than half of a run's iterations, else None.
+
+    yolov5's floor of 100 warmup iterations swallows short runs on small data (46 images at batch 16 are 3 batches an
+    epoch): the run then trains mostly below lr0, and an evolved ``warmup_epochs`` changes nothing.
+    """
+    warmup = warmup_iterations(warmup_epochs, batches_per_epoch, minimum)
+    total = epochs * batches_per_epoch
+    if 2 * warmup <= total:
+        return None
+    return (
+        f"warmup trap: warmup takes {min(warmup, total)} of this run's {total} iterations "
+        f"(max(warmup_epochs {warmup_epochs:g} x {batches_per_epoch} batches per epoch, --min-warmup-iters {minimum}) "
+        f"= {warmup}), so it trains mostly below lr0 and warmup_epochs has no effect; use more --epochs, a smaller "
+        f"--batch, fewer warmup_epochs, or --min-warmup-iters {max(total // 10, 1)}"
+    )
+
+
 @dataclass(frozen=True)
 class IterationSettings:
     """What the optimizer uses for one iteration; ``apply_iteration`` writes it into the param groups."""

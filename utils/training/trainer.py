@@ -28,7 +28,7 @@ from utils.training.loss import YoloLoss
 from utils.training.optim import build_optimizer
 from utils.training.options import TrainOptions
 from utils.training.run_outputs import RunOutputs
-from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations
+from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations, warmup_trap
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_step_context(
         device=options.device,
         batch_size=options.batch_size,
         nominal_batch=options.nominal_batch,
-        warmup_iters=warmup_iterations(derived.warmup_epochs, num_batches),
+        warmup_iters=warmup_iterations(derived.warmup_epochs, num_batches, options.min_warmup_iters),
         num_batches=num_batches,
         amp=use_amp,
         world_size=options.distributed.world_size,
@@ -150,6 +150,16 @@ def check_run(
     use_gpu_augment(options, hyp, data)
     model = build_detector(hyp, options.with_outputs(show_progress=False), data, fitted_anchors)
     build_step_context(model, hyp, options, data, num_batches=1)
+    trap = warmup_trap(hyp["warmup_epochs"], batches_per_epoch(options, data), options.epochs, options.min_warmup_iters)
+    if trap and options.is_main_process:
+        LOGGER.warning(trap)
+
+
+def batches_per_epoch(options: TrainOptions, data: PreparedData) -> int:
+    """Batches each process trains per epoch (the loaders keep the last, partial batch)."""
+    world_size = options.distributed.world_size
+    per_rank = -(-len(data.train_split.image_files) // world_size)
+    return -(-per_rank // max(options.batch_size // world_size, 1))
 
 
 def train(

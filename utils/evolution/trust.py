@@ -1,0 +1,136 @@
+"""The trust report of an evolution: its measured noise, the confirmed winner against the base, and fidelity.
+
+Built from the children's study and the evaluations study (``evaluations.py``); shown on the console, in the header
+of ``hyp_evolve.yaml`` and on ``fitness.png``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from optuna.trial import FrozenTrial, TrialState
+
+from utils.evolution.evaluations import FIDELITY, REPEAT, Task, TrustPlan
+from utils.evolution.verdict import (
+    Comparison,
+    Fidelity,
+    Noise,
+    compare,
+    fidelity_sentence,
+    pooled_noise,
+    rank_fidelity,
+    verdict_sentence,
+)
+
+
+@dataclass(frozen=True)
+class TrustReport:
+    noise: Noise
+    runs: dict[int, list[float]]  # child number -> fitness at the children's length: its own run, then repeats
+    fresh: dict[int, list[float]]  # child number -> fitness of its repeats only (seeds it was not selected on)
+    long: dict[int, float]  # child number -> fitness of its full-length (fidelity) run
+    base: int | None
+    candidates: list[int]  # the confirmed children, best single run first
+    winner: int | None  # None until confirmation is complete (or with --confirm 0)
+    comparison: Comparison | None
+    fidelity: Fidelity | None
+    fidelity_epochs: int | None
+    plan: TrustPlan
+
+    @property
+    def confirmed(self) -> bool:
+        return self.winner is not None
+
+    def sentence(self) -> str:
+        if not self.plan.confirm or not self.plan.confirm_seeds:
+            return self.unconfirmed_sentence()
+        if not self.confirmed:
+            return "confirmation not finished yet: rerun the same command to complete it"
+        return verdict_sentence(self.comparison, self.noise, winner_is_base=self.winner == self.base)
+
+    def unconfirmed_sentence(self) -> str:
+        if self.base is None or not self.runs.get(self.base):
+            return "no base result yet"
+        best = max(self.runs, key=lambda number: self.runs[number][0])
+        base_mean = sum(self.runs[self.base]) / len(self.runs[self.base])
+        noise = f"the noise sd is {self.noise.sd:.2g}" if self.noise.known else "the noise is unknown"
+        return (
+            f"not confirmed (--confirm 0): child {best}'s single run is {self.runs[best][0] - base_mean:+.3g} from "
+            f"the base's mean and {noise}; a single run cannot tell a better hyp from a lucky seed"
+        )
+
+    def lines(self) -> list[str]:
+        """The report as lines (console and yaml header), most important last."""
+        lines = []
+        if self.noise.known:
+            lines.append(
+                f"noise: pooled sd {self.noise.sd:.3g} fitness ({self.noise.hyps} hyps, {self.noise.runs} runs)"
+            )
+        else:
+            lines.append("noise: unknown (no hyp has been trained with two seeds yet)")
+        if self.base is not None and self.runs.get(self.base):
+            lines.append(f"base (child {self.base}): {self.mean_text(self.runs[self.base])}")
+        if self.winner is not None and self.winner != self.base:
+            selection = self.runs[self.winner][0]
+            lines.append(
+                f"winner (child {self.winner}): {self.mean_text(self.fresh[self.winner])} over fresh seeds "
+                f"(its selection run scored {selection:.4g}, not counted)"
+            )
+        if self.comparison is not None and self.winner != self.base:
+            lines.append(
+                f"difference {self.comparison.difference:+.4g} ± {self.comparison.standard_error:.2g}, p = "
+                f"{self.comparison.p_value:.2g} (two-sided t-test with the pooled sd, {self.noise.dof} dof; "
+                f"Bonferroni over {len(self.candidates) - (self.base in self.candidates)} candidates: "
+                f"alpha {self.comparison.alpha:.2g})"
+            )
+        if self.fidelity is not None and self.fidelity_epochs:
+            lines.append(fidelity_sentence(self.fidelity, self.fidelity_epochs))
+        lines.append(f"verdict: {self.sentence()}")
+        return lines
+
+    def mean_text(self, values: Sequence[float]) -> str:
+        mean = sum(values) / len(values)
+        if not self.noise.known:
+            return f"{mean:.4g} ({len(values)} seeds)"
+        return f"{mean:.4g} ± {self.noise.sd / math.sqrt(len(values)):.2g} ({len(values)} seeds)"
+
+
+def build_report(
+    children: Sequence[FrozenTrial],
+    base: FrozenTrial | None,
+    evaluations: Sequence[tuple[Task, FrozenTrial]],
+    all_done: bool,
+    plan: TrustPlan,
+) -> TrustReport:
+    """Pool every child's runs, pick the confirmed winner by its fresh seeds, and test it against the base."""
+    complete = [child for child in children if child.state == TrialState.COMPLETE and child.value is not None]
+    runs = {child.number: [float(child.value)] for child in complete}
+    fresh: dict[int, list[float]] = {}
+    long: dict[int, float] = {}
+    for task, trial in evaluations:
+        if task.kind == REPEAT and task.child in runs:
+            runs[task.child].append(float(trial.value))
+            fresh.setdefault(task.child, []).append(float(trial.value))
+        elif task.kind == FIDELITY and task.child in runs:
+            long[task.child] = float(trial.value)
+    noise = pooled_noise(list(runs.values()))
+    base_number = base.number if base is not None and base.number in runs else None
+    ranked = sorted(runs, key=lambda number: (-runs[number][0], number))
+    candidates = ranked[: plan.confirm] if all_done else []
+    if base_number is not None and candidates and base_number not in candidates:
+        candidates = [*candidates, base_number]
+    winner = comparison = None
+    needed = {number: plan.base_seeds if number == base_number else plan.confirm_seeds for number in candidates}
+    if candidates and plan.confirm_seeds and all(len(fresh.get(number, [])) >= needed[number] for number in candidates):
+        winner = max(candidates, key=lambda number: (sum(fresh[number]) / len(fresh[number]), -number))
+        if base_number is not None:
+            others = len([number for number in candidates if number != base_number])
+            comparison = compare(fresh[winner], runs[base_number], noise, candidates=others)
+    fidelity = None
+    if len(long) >= 2:
+        numbers = sorted(long)
+        fidelity = rank_fidelity([runs[number][0] for number in numbers], [long[number] for number in numbers])
+    return TrustReport(noise, runs, fresh, long, base_number, candidates, winner, comparison, fidelity,
+                       plan.fidelity_epochs, plan)  # fmt: skip
