@@ -4,6 +4,8 @@ evaluations' plan and claims, and the views that report them (utils/evolution/{v
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import optuna
@@ -13,7 +15,17 @@ from scipy import stats
 
 from tests.evolve_worker import noisy_metrics
 from utils.evolution import load_meta, run
-from utils.evolution.evaluations import FIDELITY, REPEAT, Task, TrustPlan, claim_task, evaluation_study, spread_pick
+from utils.evolution.evaluations import (
+    FIDELITY,
+    REPEAT,
+    SURPLUS_ATTR,
+    TASK_ATTR,
+    Task,
+    TrustPlan,
+    claim_task,
+    evaluation_study,
+    spread_pick,
+)
 from utils.evolution.storage import Worker, open_storage
 from utils.evolution.verdict import compare, pooled_noise, rank_fidelity
 from utils.training.hyp import load_hyp
@@ -181,7 +193,26 @@ def test_confirm_zero_says_the_result_is_unconfirmed(tmp_path, capsys):
     assert "not confirmed (--confirm 0)" in capsys.readouterr().out.splitlines()[-1]
 
 
-def test_a_claim_waits_for_an_earlier_claim_to_name_its_task(tmp_path):
+def test_a_later_claim_yields_to_an_earlier_claim_that_names_the_same_task_late(tmp_path):
+    """The race the settle wait exists for: an earlier claim has not yet written its task when a later claim looks."""
+    children = optuna.create_study(storage=open_storage(tmp_path, None), study_name="evo")
+    evaluations = evaluation_study(children)
+    task = Task(REPEAT, 0, 1)
+    earlier = evaluations.ask()
+
+    def name_it_late():
+        time.sleep(0.3)
+        earlier.set_user_attr(TASK_ATTR, task.as_attr())
+
+    writer = threading.Thread(target=name_it_late)
+    writer.start()
+    assert claim_task(evaluations, [task], Worker.current()) is None
+    writer.join()
+    later = evaluations.get_trials(deepcopy=False)[1]
+    assert later.state == optuna.trial.TrialState.FAIL and later.user_attrs[SURPLUS_ATTR]
+
+
+def test_claims_take_the_tasks_in_order_and_skip_taken_ones(tmp_path):
     storage = open_storage(tmp_path, None)
     children = optuna.create_study(storage=storage, study_name="evo")
     evaluations = evaluation_study(children)

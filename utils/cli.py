@@ -313,7 +313,7 @@ def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
         storage=args.storage,
         sampler=args.sampler,
         seed=args.seed,
-        freeze=tuple(key.strip() for key in args.freeze_hyp.split(",") if key.strip()),
+        freeze=parse_freeze(args.freeze_hyp),
         prune=args.prune,
         evolve_from=args.evolve_from,
         parent_selection=args.parent_selection,

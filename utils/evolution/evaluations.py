@@ -45,13 +45,9 @@ class TrustPlan:
     """How much extra evaluation the evolution buys (the --confirm / --fidelity flags)."""
 
     confirm: int = 3  # top children retrained with fresh seeds once all children are done
-    confirm_seeds: int = 2  # fresh seeds per confirmed child; the base always gets as many (at least 1)
+    confirm_seeds: int = 2  # fresh seeds per confirmed child, and for the base (0: no repeats, noise unknown)
     fidelity: int = 0  # children retrained once at full length
     fidelity_epochs: int | None = None  # full length in epochs (the caller's default: 3 x the children's)
-
-    @property
-    def base_seeds(self) -> int:
-        return max(self.confirm_seeds, 1)
 
 
 def evaluation_study(children: optuna.Study) -> optuna.Study:
@@ -60,6 +56,7 @@ def evaluation_study(children: optuna.Study) -> optuna.Study:
         storage=children._storage,  # the same journal file or database as the children
         study_name=f"{children.study_name}/evaluations",
         sampler=optuna.samplers.RandomSampler(),  # never asked for a value: tasks name their hyp
+        pruner=optuna.pruners.NopPruner(),  # an evaluation is never pruned: it is a measurement, not a search
         direction="maximize",
         load_if_exists=True,
     )
@@ -78,7 +75,7 @@ def spread_pick(ranked: Sequence[FrozenTrial], count: int) -> list[FrozenTrial]:
     top = (count + 1) // 2
     rest = ranked[top:]
     picks = [round(position) for position in _linspace(0, len(rest) - 1, count - top)]
-    return [*ranked[:top], *(rest[index] for index in dict.fromkeys(picks))]
+    return [*ranked[:top], *(rest[index] for index in picks)]
 
 
 def _linspace(start: float, stop: float, count: int) -> list[float]:
@@ -99,7 +96,7 @@ def planned_tasks(
     """
     tasks = []
     if base is not None and base.state == TrialState.COMPLETE and plan.confirm_seeds > 0:
-        tasks += [Task(REPEAT, base.number, extra) for extra in fresh_seeds(seed, plan.base_seeds)]
+        tasks += [Task(REPEAT, base.number, extra) for extra in fresh_seeds(seed, plan.confirm_seeds)]
     if not all_done:
         return tasks
     ranked = sorted(
@@ -166,7 +163,3 @@ def finished_evaluations(study: optuna.Study) -> list[tuple[Task, FrozenTrial]]:
             seen.add(task)
             kept.append((task, trial))
     return kept
-
-
-def evaluations_running(study: optuna.Study) -> bool:
-    return any(trial.state == TrialState.RUNNING for trial in study.get_trials(deepcopy=False))

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from utils.errors import UserError
 from utils.evolution.child import Objective, compute_fitness, run_child, run_evaluation
 from utils.evolution.evaluations import (
+    SURPLUS_ATTR,
     Task,
     TrustPlan,
     claim_task,
@@ -34,7 +35,6 @@ from utils.run_dir import make_folder
 LOGGER = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 10  # that many failed children in a row means the setup is broken, not the hyps
 MAX_TASK_FAILURES = 2  # an evaluation that failed this often is given up
-SURPLUS_ATTR = "surplus"
 SETUP_ATTR = "setup"
 
 
@@ -87,9 +87,9 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
     genes = {key: [spec.gain, spec.low, spec.high, spec.scale, spec.type] for key, spec in space.genes.items()}
     current = {"hyp_keys": list(space.base_hyp), "search_space": genes, **(setup or {})}
     recorded = study.user_attrs.get(SETUP_ATTR)
-    if recorded is None:
-        study.set_user_attr(SETUP_ATTR, current)
-        return
+    if recorded is None or not set(current) <= set(recorded):  # new, or made before some keys were recorded
+        study.set_user_attr(SETUP_ATTR, {**current, **(recorded or {})})
+        recorded = study.user_attrs[SETUP_ATTR]
     differing = sorted(key for key in set(current) | set(recorded) if current.get(key) != recorded.get(key))
     if differing:
         raise UserError(
@@ -142,7 +142,10 @@ def run(
     with run_lock(run_dir):
         search = build_sampler(sampler, space, seed, parent_selection)
         study = open_study(run_dir, storage, study_name or run_dir.name, search, pruner)
-        check_setup(study, space, setup)
+        # The seed and the seeds per confirmation define which runs are "fresh": every worker must share them.
+        check_setup(
+            study, space, {**(setup or {}), "seed": seed, "confirm_seeds": (trust or TrustPlan()).confirm_seeds}
+        )
         if evolve_from is not None:
             import_evolve_csv(study, Path(evolve_from), space, set(meta) | set(space.base_hyp), score)
     work = Work(study, evaluation_study(study), space, objective, score, seed, run_dir, save_children, n,
@@ -205,15 +208,22 @@ class Work:
         return True
 
     def due_tasks(self) -> list[Task]:
-        """The planned evaluations, less those that failed twice (a run that keeps failing is given up)."""
+        """The planned evaluations, less those given up."""
         children = own_children(self.study)
         tasks = planned_tasks(children, base_child(children), all_children_done(self.study, self.n), self.seed,
                               self.trust)  # fmt: skip
+        given_up = self.given_up()
+        return [task for task in tasks if task not in given_up]
+
+    def given_up(self) -> set[Task]:
+        """Evaluations whose objective failed twice (a run that keeps failing, say out of memory at full length).
+        Interrupted runs and runs of dead workers do not count: rerunning the command retries them."""
         failures = Counter(
-            Task.of(trial) for trial in self.evaluations.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if SURPLUS_ATTR not in trial.user_attrs
-        )  # fmt: skip
-        return [task for task in tasks if failures[task] < MAX_TASK_FAILURES]
+            Task.of(trial)
+            for trial in self.evaluations.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if is_objective_failure(trial)
+        )
+        return {task for task, count in failures.items() if count >= MAX_TASK_FAILURES}
 
     def pending(self) -> bool:
         """Whether other workers may still finish children or evaluations (then this one waits for them)."""
@@ -232,8 +242,16 @@ class Work:
     def report(self, evaluations: list | None = None) -> TrustReport:
         children = own_children(self.study)
         evaluations = finished_evaluations(self.evaluations) if evaluations is None else evaluations
+        given_up = {task.child for task in self.given_up()}
         return build_report(children, base_child(children), evaluations, all_children_done(self.study, self.n),
-                            self.trust)  # fmt: skip
+                            self.trust, given_up)  # fmt: skip
+
+
+def is_objective_failure(trial: FrozenTrial) -> bool:
+    """A FAIL the objective caused, not a surplus claim, an interruption or a worker that died."""
+    error = str(trial.user_attrs.get("error", ""))
+    surplus = SURPLUS_ATTR in trial.user_attrs
+    return bool(error) and not surplus and not error.startswith("interrupted") and "stopped without" not in error
 
 
 def base_child(children: Sequence[FrozenTrial]) -> FrozenTrial | None:

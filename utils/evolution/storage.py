@@ -188,7 +188,9 @@ def is_stale(trial: optuna.trial.FrozenTrial, worker: Worker, now: float) -> boo
         if owner["pid"] == worker.pid and owner["start_time"] == worker.start_time:
             return False
         return not process_alive(owner["pid"], owner["start_time"])
-    return now - float(trial.user_attrs.get(HEARTBEAT_ATTR, 0.0)) > HEARTBEAT_GRACE_S
+    # No heartbeat yet: the worker has just claimed it; its claim time stands in until the first beat.
+    started = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - float(trial.user_attrs.get(HEARTBEAT_ATTR, started)) > HEARTBEAT_GRACE_S
 
 
 def fail_stale_children(study: optuna.Study, worker: Worker) -> list[int]:
@@ -199,7 +201,7 @@ def fail_stale_children(study: optuna.Study, worker: Worker) -> list[int]:
         if not is_stale(trial, worker, now):
             continue
         owner = trial.user_attrs.get(WORKER_ATTR) or {}
-        message = f"worker {owner.get('host', '?')}:{owner.get('pid', '?')} stopped without finishing this child"
+        message = f"worker {owner.get('host', '?')}:{owner.get('pid', '?')} stopped without finishing this run"
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "error", message)
             study.tell(trial.number, state=TrialState.FAIL)

@@ -44,6 +44,8 @@ class TrustReport:
         return self.winner is not None
 
     def sentence(self) -> str:
+        if self.base is None:
+            return "no base result yet: the base hyp (child 0) has not finished"
         if not self.plan.confirm or not self.plan.confirm_seeds:
             return self.unconfirmed_sentence()
         if not self.confirmed:
@@ -56,8 +58,9 @@ class TrustReport:
         best = max(self.runs, key=lambda number: self.runs[number][0])
         base_mean = sum(self.runs[self.base]) / len(self.runs[self.base])
         noise = f"the noise sd is {self.noise.sd:.2g}" if self.noise.known else "the noise is unknown"
+        flag = "--confirm 0" if not self.plan.confirm else "--confirm-seeds 0"
         return (
-            f"not confirmed (--confirm 0): child {best}'s single run is {self.runs[best][0] - base_mean:+.3g} from "
+            f"not confirmed ({flag}): child {best}'s single run is {self.runs[best][0] - base_mean:+.3g} from "
             f"the base's mean and {noise}; a single run cannot tell a better hyp from a lucky seed"
         )
 
@@ -103,8 +106,13 @@ def build_report(
     evaluations: Sequence[tuple[Task, FrozenTrial]],
     all_done: bool,
     plan: TrustPlan,
+    given_up: set[int] = frozenset(),
 ) -> TrustReport:
-    """Pool every child's runs, pick the confirmed winner by its fresh seeds, and test it against the base."""
+    """Pool the noise, pick the confirmed winner by its fresh seeds, and test it against the base.
+
+    The noise pools the base's runs and every other child's repeats, never a child's own run: that run was
+    selected for being high, so its spread from the repeats would inflate the noise. Candidates whose repeats were
+    given up (``given_up``, child numbers) are left out of the confirmation."""
     complete = [child for child in children if child.state == TrialState.COMPLETE and child.value is not None]
     runs = {child.number: [float(child.value)] for child in complete}
     fresh: dict[int, list[float]] = {}
@@ -113,16 +121,16 @@ def build_report(
         if task.kind == REPEAT and task.child in runs:
             runs[task.child].append(float(trial.value))
             fresh.setdefault(task.child, []).append(float(trial.value))
-        elif task.kind == FIDELITY and task.child in runs:
+        elif task.kind == FIDELITY and task.child in runs and task.epochs == plan.fidelity_epochs:
             long[task.child] = float(trial.value)
-    noise = pooled_noise(list(runs.values()))
     base_number = base.number if base is not None and base.number in runs else None
+    noise = pooled_noise([runs[number] if number == base_number else fresh[number] for number in fresh])
     ranked = sorted(runs, key=lambda number: (-runs[number][0], number))
-    candidates = ranked[: plan.confirm] if all_done else []
+    candidates = [number for number in ranked[: plan.confirm] if number not in given_up] if all_done else []
     if base_number is not None and candidates and base_number not in candidates:
         candidates = [*candidates, base_number]
     winner = comparison = None
-    needed = {number: plan.base_seeds if number == base_number else plan.confirm_seeds for number in candidates}
+    needed = {number: plan.confirm_seeds for number in candidates}
     if candidates and plan.confirm_seeds and all(len(fresh.get(number, [])) >= needed[number] for number in candidates):
         winner = max(candidates, key=lambda number: (sum(fresh[number]) / len(fresh[number]), -number))
         if base_number is not None:

@@ -4,7 +4,7 @@ how well short children rank like long ones. Pure functions of fitness values.""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +53,6 @@ class Comparison:
     p_value: float
     alpha: float  # the corrected level the p-value is held to
     beyond_noise: bool
-
-    def winner_se(self, noise: Noise) -> float:
-        return noise.sd / math.sqrt(self.winner_runs)
-
-    def base_se(self, noise: Noise) -> float:
-        return noise.sd / math.sqrt(self.base_runs)
 
 
 def compare(winner: Sequence[float], base: Sequence[float], noise: Noise, candidates: int = 1) -> Comparison:
@@ -135,7 +129,3 @@ def fidelity_sentence(fidelity: Fidelity, epochs: int) -> str:
     winner = "the short winner is also the long one" if fidelity.same_winner else "the short winner is not the long one"
     counted = f"over {fidelity.pairs} children at {epochs} epochs"
     return f"fidelity: Spearman {fidelity.spearman:.2f}{interval} {counted}; {winner}"
-
-
-def group_means(groups: Mapping[int, Sequence[float]]) -> dict[int, float]:
-    return {key: float(np.mean(values)) for key, values in groups.items() if len(values)}

@@ -68,10 +68,8 @@ def render_evaluations_csv(evaluations: Sequence[tuple[Task, FrozenTrial]], hyp_
     for task, trial in evaluations:
         if task.kind != kind:
             continue
-        metrics, hyp = trial.user_attrs.get("metrics", {}), trial.user_attrs.get("hyp", {})
-        values = [metrics.get(name, math.nan) for name in CSV_METRICS] + [hyp.get(key, math.nan) for key in hyp_keys]
-        values += [task.child, task.seed, task.epochs][: len(extra)]
-        lines.append(format_row(values))
+        row = csv_row(trial.user_attrs.get("metrics", {}), trial.user_attrs.get("hyp", {}), hyp_keys)
+        lines.append(f"{row},{format_row([task.child, task.seed, task.epochs][: len(extra)])}")
     return "\n".join(lines) + "\n"
 
 
@@ -85,7 +83,11 @@ def render_best_yaml(
         best_row = next(row for row, child in enumerate(children) if child.number == report.winner)
     best = children[best_row]
     metrics = best.user_attrs.get("metrics", {})
-    status = "confirmed winner" if report is not None and report.confirmed else "best single run, not confirmed"
+    status = "best single run, not confirmed"
+    if report is not None and report.confirmed:
+        beyond = report.comparison is not None and report.comparison.beyond_noise
+        status = "confirmed winner, beyond noise" if beyond else "confirmed winner, within noise of the base"
+        status = "the base: no confirmed hyp beats it" if report.winner == report.base else status
     comments = [
         "# Hyperparameter evolution results",
         f"# Best generation: {best_row} (child {best.number}, fitness {best.value:.5g}; {status})",
@@ -139,7 +141,9 @@ class OwnedViews:
         self.written(name)
 
     def written(self, name: str) -> None:
+        """Record a view just written; saved at once, so an interruption never makes it look foreign."""
         self.hashes[name] = sha256((self.run_dir / name).read_bytes())
+        self.save()
 
     def save(self) -> None:
         write_atomic(self.record_path, json.dumps(self.hashes, indent=1, sort_keys=True) + "\n")
@@ -196,7 +200,6 @@ def write_views(
             label = f"fitness, {report.fidelity_epochs} epochs"
             plot_fidelity(numbers, short, long, title, label, views.claim(FIDELITY_PLOT_NAME))
             views.written(FIDELITY_PLOT_NAME)
-    views.save()
 
 
 def noise_overlay(report: TrustReport) -> object:

@@ -238,11 +238,16 @@ def warmup_trap(
     total = epochs * batches_per_epoch
     if 2 * warmup <= total:
         return None
+    floor = round(warmup_epochs * batches_per_epoch) < minimum  # the floor, not warmup_epochs, sets the length
+    effect = " and warmup_epochs has no effect" if floor else ""
+    remedies = (
+        f"more --epochs, a smaller --batch, or --min-warmup-iters {max(total // 10, 1)}" if floor
+        else "fewer warmup_epochs or more --epochs"
+    )  # fmt: skip
     return (
         f"warmup trap: warmup takes {min(warmup, total)} of this run's {total} iterations "
         f"(max(warmup_epochs {warmup_epochs:g} x {batches_per_epoch} batches per epoch, --min-warmup-iters {minimum}) "
-        f"= {warmup}), so it trains mostly below lr0 and warmup_epochs has no effect; use more --epochs, a smaller "
-        f"--batch, fewer warmup_epochs, or --min-warmup-iters {max(total // 10, 1)}"
+        f"= {warmup}), so it trains mostly below lr0{effect}; use {remedies}"
     )
 
 
