@@ -49,10 +49,13 @@ def test_train_evolve_writes_all_views_and_resumes(tiny_dataset, tmp_path):
 def test_evolve_with_plots_draws_the_pngs(tiny_dataset, tmp_path):
     command = [sys.executable, str(ROOT / "evolve.py"), "--data", str(tiny_dataset),
                *[arg for arg in TINY_ARGS if arg != "--noplots"], "--project", str(tmp_path), "--name", "evo",
-               "--evolve", "2"]  # fmt: skip
+               "--evolve", "2", "--confirm", "1", "--confirm-seeds", "1", "--fidelity", "2",
+               "--fidelity-epochs", "2"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("evolve.csv", "hyp_evolve.yaml", "evolve.png", "fitness.png"):
+    assert "fidelity: " in result.stdout and "verdict: " in result.stdout.strip().splitlines()[-1]
+    for name in ("evolve.csv", "hyp_evolve.yaml", "evolve.png", "fitness.png", "confirm.csv", "fidelity.csv",
+                 "fidelity.png"):  # fmt: skip
         assert (tmp_path / "evo" / name).is_file(), f"missing {name}"
 
 
@@ -62,13 +65,14 @@ def test_evolve_with_a_hyp_key_missing_from_meta_is_one_clear_error(tiny_dataset
     del meta["mixup"]
     (tmp_path / "meta.yaml").write_text(yaml.safe_dump(meta))
     (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(hyp))
-    result = run_evolve(tiny_dataset, tmp_path, 2, "--meta", str(tmp_path / "meta.yaml"))
+    result = run_evolve(tiny_dataset, tmp_path, 2, "--meta", str(tmp_path / "meta.yaml"), "--confirm-seeds", "0")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "mixup" in result.stderr
 
 
 def test_evolve_with_a_bad_flag_fails_once_before_any_child(tiny_dataset, tmp_path):
-    result = run_evolve(tiny_dataset, tmp_path, 3, "--scheduler", "multistep", "--lr-milestones", "5", "2")
+    result = run_evolve(tiny_dataset, tmp_path, 3, "--scheduler", "multistep", "--lr-milestones", "5", "2",
+                        "--confirm-seeds", "0")  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--lr-milestones" in result.stderr
     assert not (tmp_path / "evo" / "evolve.csv").exists(), "no child was trained or recorded as failed"
