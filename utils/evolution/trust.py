@@ -133,7 +133,7 @@ def build_report(
     needed = {number: plan.confirm_seeds for number in candidates}
     if candidates and plan.confirm_seeds and all(len(fresh.get(number, [])) >= needed[number] for number in candidates):
         winner = max(candidates, key=lambda number: (sum(fresh[number]) / len(fresh[number]), -number))
-        if base_number is not None:
+        if base_number is not None and winner != base_number:
             others = len([number for number in candidates if number != base_number])
             comparison = compare(fresh[winner], runs[base_number], noise, candidates=others)
     fidelity = None

@@ -78,11 +78,11 @@ def seeds(count: int) -> str:
 
 def verdict_sentence(comparison: Comparison | None, noise: Noise, winner_is_base: bool = False) -> str:
     """One sentence a user can act on."""
+    if winner_is_base:
+        return "no confirmed hyp beats the base (the base has the best mean over the fresh seeds): keep the base hyp"
     if comparison is None or not noise.known:
         return "noise unknown (no hyp was trained with two seeds): the best child may be luck; use --confirm-seeds >= 1"
     runs = f"({seeds(comparison.winner_runs)} for the winner, {seeds(comparison.base_runs)} for the base)"
-    if winner_is_base:
-        return f"no confirmed hyp beats the base {runs}: keep the base hyp"
     gap = f"{comparison.difference:+.3g} ± {comparison.standard_error:.2g} fitness"
     if comparison.beyond_noise:
         return f"best hyp beats the base by {gap} {runs}: beyond noise (p = {comparison.p_value:.2g})"
