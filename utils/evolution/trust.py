@@ -21,6 +21,7 @@ from utils.evolution.verdict import (
     fidelity_sentence,
     pooled_noise,
     rank_fidelity,
+    seeds,
     verdict_sentence,
 )
 
@@ -96,8 +97,8 @@ class TrustReport:
     def mean_text(self, values: Sequence[float]) -> str:
         mean = sum(values) / len(values)
         if not self.noise.known:
-            return f"{mean:.4g} ({len(values)} seeds)"
-        return f"{mean:.4g} ± {self.noise.sd / math.sqrt(len(values)):.2g} ({len(values)} seeds)"
+            return f"{mean:.4g} ({seeds(len(values))})"
+        return f"{mean:.4g} ± {self.noise.sd / math.sqrt(len(values)):.2g} ({seeds(len(values))})"
 
 
 def build_report(
