@@ -44,6 +44,13 @@ class CliParser(argparse.ArgumentParser):
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def add_run_folder_arguments(parser: argparse.ArgumentParser, project: Path) -> None:
+    """yolov5's --project/--name/--exist-ok: outputs go to project/name, then name2, name3, ..."""
+    parser.add_argument("--project", default=str(project), help="save to project/name")
+    parser.add_argument("--name", default="exp", help="save to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+
+
 # --- train.py and evolve.py -----------------------------------------------------------------------------------------
 
 
@@ -66,9 +73,7 @@ def train_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     parser.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm under DDP")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers (per DDP rank)")
-    parser.add_argument("--project", default=str(RUNS / "train"), help="save to project/name")
-    parser.add_argument("--name", default="exp", help="save to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    add_run_folder_arguments(parser, RUNS / "train")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
     parser.add_argument("--patience", type=int, default=100, help="stop after this many epochs without improvement")
     parser.add_argument("--seed", type=int, default=0, help="global training seed")
@@ -372,9 +377,7 @@ def val_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--noplots", action="store_true", help="save no plots")
     parser.add_argument("--verbose", action="store_true", help="per-class table even for many classes")
     parser.add_argument("--fitness", default=None, help="also print fitness with these weights, e.g. 'mAP50-95=1'")
-    parser.add_argument("--project", default=str(RUNS / "val"), help="save to project/name")
-    parser.add_argument("--name", default="exp", help="save to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    add_run_folder_arguments(parser, RUNS / "val")
     return parser
 
 
@@ -390,7 +393,5 @@ def detect_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     parser.add_argument("--line-thickness", type=int, default=2, help="box thickness (pixels)")
-    parser.add_argument("--project", default=str(RUNS / "detect"), help="save to project/name")
-    parser.add_argument("--name", default="exp", help="save to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    add_run_folder_arguments(parser, RUNS / "detect")
     return parser

@@ -19,7 +19,7 @@ from utils.evolution.sampler import child_seed
 from utils.evolution.search_space import SearchSpace
 from utils.evolution.storage import Heartbeat
 
-LOGGER = logging.getLogger("utils.evolution.runner")
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
