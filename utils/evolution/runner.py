@@ -157,7 +157,9 @@ def run(
             break
         time.sleep(poll_seconds)  # nothing to claim, but other workers still train children or evaluations
     work.refresh()
-    for line in work.report().lines():
+    views = sorted(path.name for path in run_dir.iterdir() if path.suffix in (".csv", ".yaml", ".png"))
+    print(f"evolve: views in {run_dir}: {', '.join(views)}", flush=True)
+    for line in work.report().lines():  # the verdict is the last line
         print(f"evolve: {line}", flush=True)
     return study
 

@@ -85,5 +85,3 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         objective, job.base_hyp, fitness_weights=job.options.fitness_weights, setup=dict(job.setup),
         **evolution.run_arguments(),
     )  # fmt: skip
-    LOGGER.info(f"evolution views in {evolution.run_dir}: evolve.csv, hyp_evolve.yaml, confirm.csv, evolve.png, "
-                "fitness.png (and fidelity.csv, fidelity.png with --fidelity)")  # fmt: skip
