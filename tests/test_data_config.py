@@ -224,3 +224,12 @@ def test_builtin_shapes_yaml_recommends_a_valid_evolvable_hyp() -> None:
     defaults = training_defaults("shapes.yaml")
     assert defaults["optimizer"] == "AdamW" and defaults["nbs"] == 16
     validate_search_space(load_hyp(str(defaults["hyp"])), load_meta())  # every key present and inside its bounds
+
+
+def test_a_failed_download_says_how_to_go_on_offline(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = http_root  # serves nothing at missing.zip: a 404 stands in for no network
+    content = {"path": "datasets/remote", "train": "images/train", "val": "images/train", "names": ["a"]}
+    with pytest.raises(UserError) as error:
+        load_data_config(_write_yaml(tmp_path, {**content, "download": f"{url}/missing.zip"}))
+    message = str(error.value)
+    assert "unzip missing.zip into" in message and "file://" in message and "--data shapes.yaml" in message

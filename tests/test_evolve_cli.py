@@ -76,3 +76,21 @@ def test_evolve_with_a_bad_flag_fails_once_before_any_child(tiny_dataset, tmp_pa
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--lr-milestones" in result.stderr
     assert not (tmp_path / "evo" / "evolve.csv").exists(), "no child was trained or recorded as failed"
+
+
+def test_ctrl_c_says_how_to_continue(tiny_dataset, tmp_path):
+    import signal
+    import time
+
+    command = [sys.executable, str(ROOT / "train.py"), "--data", str(tiny_dataset), *TINY_ARGS, "--epochs", "200",
+               "--project", str(tmp_path), "--name", "evo", "--evolve", "3"]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal, deadline = tmp_path / "evo" / "study.journal", time.monotonic() + 300
+    while not (journal.is_file() and "child" in journal.read_text()):  # child 0 has been claimed and is training
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    worker.send_signal(signal.SIGINT)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130 and "Traceback" not in err
+    assert "rerun the same command to continue" in out

@@ -234,7 +234,11 @@ def download_zip(url: object, target: Path, yaml_path: Path) -> None:
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as file:
                 shutil.copyfileobj(response, file)
         except (OSError, ValueError) as error:
-            raise UserError(f"{yaml_path}: download of {url} failed: {error}") from None
+            name = Path(urllib.parse.urlparse(url).path).name
+            raise UserError(
+                f"{yaml_path}: download of {url} failed ({error}); offline, unzip {name} into {target} yourself, "
+                "point 'download' at a file:// URL, or train on the built-in data with --data shapes.yaml"
+            ) from None
         extract_zip(archive, target)
 
 

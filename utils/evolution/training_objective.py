@@ -81,7 +81,11 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if evolution.prune else None
         return train(hyp, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
 
-    run(
-        objective, job.base_hyp, fitness_weights=job.options.fitness_weights, setup=dict(job.setup),
-        **evolution.run_arguments(),
-    )  # fmt: skip
+    try:
+        run(
+            objective, job.base_hyp, fitness_weights=job.options.fitness_weights, setup=dict(job.setup),
+            **evolution.run_arguments(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("evolve: interrupted; finished children are kept: rerun the same command to continue", flush=True)
+        raise
