@@ -50,7 +50,10 @@ class TrustReport:
         if not self.plan.confirm or not self.plan.confirm_seeds:
             return self.unconfirmed_sentence()
         if not self.confirmed:
-            return "confirmation not finished yet: rerun the same command to complete it"
+            return (
+                "not confirmed yet: the top children are retrained once all children are done (if this worker "
+                "stopped before that, rerun the same command)"
+            )
         return verdict_sentence(self.comparison, self.noise, winner_is_base=self.winner == self.base)
 
     def unconfirmed_sentence(self) -> str:
