@@ -196,7 +196,7 @@ def write_views(
         if report is not None and report.fidelity is not None:
             numbers = sorted(report.long)
             short, long = [report.runs[number][0] for number in numbers], [report.long[number] for number in numbers]
-            title = fidelity_sentence(report.fidelity, report.fidelity_epochs).split(";")[0]
+            title = fidelity_sentence(report.fidelity, report.fidelity_epochs).split(";")[0].removeprefix("fidelity: ")
             label = f"fitness, {report.fidelity_epochs} epochs"
             plot_fidelity(numbers, short, long, title, label, views.claim(FIDELITY_PLOT_NAME))
             views.written(FIDELITY_PLOT_NAME)
