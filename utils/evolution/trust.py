@@ -35,6 +35,7 @@ class TrustReport:
     base: int | None
     candidates: list[int]  # the confirmed children, best single run first
     winner: int | None  # None until confirmation is complete (or with --confirm 0)
+    compared: int | None  # the child tested against the base: the winner, or the best other one when the base wins
     comparison: Comparison | None
     fidelity: Fidelity | None
     fidelity_epochs: int | None
@@ -79,13 +80,13 @@ class TrustReport:
             lines.append("noise: unknown (no hyp has been trained with two seeds yet)")
         if self.base is not None and self.runs.get(self.base):
             lines.append(f"base (child {self.base}): {self.mean_text(self.runs[self.base])}")
-        if self.winner is not None and self.winner != self.base:
-            selection = self.runs[self.winner][0]
+        if self.compared is not None:
+            role = "winner" if self.compared == self.winner else "best other candidate"
             lines.append(
-                f"winner (child {self.winner}): {self.mean_text(self.fresh[self.winner])} over fresh seeds "
-                f"(its selection run scored {selection:.4g}, not counted)"
+                f"{role} (child {self.compared}): {self.mean_text(self.fresh[self.compared])} over fresh seeds "
+                f"(its selection run scored {self.runs[self.compared][0]:.4g}, not counted)"
             )
-        if self.comparison is not None and self.winner != self.base:
+        if self.comparison is not None:
             lines.append(
                 f"difference {self.comparison.difference:+.4g} ± {self.comparison.standard_error:.2g}, p = "
                 f"{self.comparison.p_value:.2g} (two-sided t-test with the pooled sd, {self.noise.dof} dof; "
@@ -112,7 +113,8 @@ def build_report(
     plan: TrustPlan,
     given_up: set[int] = frozenset(),
 ) -> TrustReport:
-    """Pool the noise, pick the confirmed winner by its fresh seeds, and test it against the base.
+    """Pool the noise, pick the confirmed winner by its fresh seeds (the base by all its runs), and test it against
+    the base.
 
     The noise pools the base's runs and every other child's repeats, never a child's own run: that run was
     selected for being high, so its spread from the repeats would inflate the noise. Candidates whose repeats were
@@ -133,16 +135,24 @@ def build_report(
     candidates = [number for number in ranked[: plan.confirm] if number not in given_up] if all_done else []
     if base_number is not None and candidates and base_number not in candidates:
         candidates = [*candidates, base_number]
-    winner = comparison = None
+    winner = comparison = compared = None
     needed = {number: plan.confirm_seeds for number in candidates}
     if candidates and plan.confirm_seeds and all(len(fresh.get(number, [])) >= needed[number] for number in candidates):
-        winner = max(candidates, key=lambda number: (sum(fresh[number]) / len(fresh[number]), -number))
-        if base_number is not None and winner != base_number:
-            others = len([number for number in candidates if number != base_number])
-            comparison = compare(fresh[winner], runs[base_number], noise, candidates=others)
+
+        def fresh_mean(number: int) -> tuple[float, int]:
+            """The unbiased mean the winner is picked by: fresh seeds only, except the base, whose every run counts
+            (it was never selected); the same numbers the test then compares."""
+            values = runs[number] if number == base_number else fresh[number]
+            return sum(values) / len(values), -number
+
+        winner = max(candidates, key=fresh_mean)
+        others = [number for number in candidates if number != base_number]
+        if base_number is not None and others:  # the base wins: still show how far the best other one is
+            compared = winner if winner != base_number else max(others, key=fresh_mean)
+            comparison = compare(fresh[compared], runs[base_number], noise, candidates=len(others))
     fidelity = None
     if len(long) >= 2:
         numbers = sorted(long)
         fidelity = rank_fidelity([runs[number][0] for number in numbers], [long[number] for number in numbers])
-    return TrustReport(noise, runs, fresh, long, base_number, candidates, winner, comparison, fidelity,
+    return TrustReport(noise, runs, fresh, long, base_number, candidates, winner, compared, comparison, fidelity,
                        plan.fidelity_epochs, plan)  # fmt: skip

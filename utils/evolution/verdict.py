@@ -79,7 +79,7 @@ def seeds(count: int) -> str:
 def verdict_sentence(comparison: Comparison | None, noise: Noise, winner_is_base: bool = False) -> str:
     """One sentence a user can act on."""
     if winner_is_base:
-        return "no confirmed hyp beats the base (the base has the best mean over the fresh seeds): keep the base hyp"
+        return "no confirmed hyp beats the base (the base has the best mean): keep the base hyp"
     if comparison is None or not noise.known:
         return "noise unknown (no hyp was trained with two seeds): the best child may be luck; use --confirm-seeds >= 1"
     runs = f"({seeds(comparison.winner_runs)} for the winner, {seeds(comparison.base_runs)} for the base)"
