@@ -156,11 +156,7 @@ def run(
         if not work.pending():
             break
         time.sleep(poll_seconds)  # nothing to claim, but other workers still train children or evaluations
-    work.refresh()
-    views = sorted(path.name for path in run_dir.iterdir() if path.suffix in (".csv", ".yaml", ".png"))
-    print(f"evolve: views in {run_dir}: {', '.join(views)}", flush=True)
-    for line in work.report().lines():  # the verdict is the last line
-        print(f"evolve: {line}", flush=True)
+    work.finish()
     return study
 
 
@@ -233,6 +229,14 @@ class Work:
         return bool(self.study.get_trials(deepcopy=False, states=running)) or bool(
             self.evaluations.get_trials(deepcopy=False, states=running)
         )
+
+    def finish(self) -> None:
+        """Write the final views and print where they are, then the trust report, the verdict last."""
+        self.refresh()
+        views = sorted(path.name for path in self.run_dir.iterdir() if path.suffix in (".csv", ".yaml", ".png"))
+        print(f"evolve: views in {self.run_dir}: {', '.join(views)}", flush=True)
+        for line in self.report().lines():
+            print(f"evolve: {line}", flush=True)
 
     def refresh(self) -> None:
         """Rewrite every view from the two studies, under the run lock so that writers never interleave."""
