@@ -80,7 +80,7 @@ def check_shared_study(run_dir: Path, study: optuna.Study, n: int, confirmed: bo
 
 def test_four_workers_share_one_journal_study(tmp_path):
     run_dir = tmp_path / "evo"
-    finish([start_worker(run_dir, CHILDREN) for _ in range(WORKERS)])
+    finish([start_worker(run_dir, CHILDREN, "--seconds", "0.5") for _ in range(WORKERS)])  # time for all to join
     study = optuna.load_study(study_name="evo", storage=open_storage(run_dir, None))
     check_shared_study(run_dir, study, CHILDREN)
     workers = {trial.user_attrs["worker"]["pid"] for trial in study.trials}
