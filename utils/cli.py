@@ -4,6 +4,7 @@ parsed flags into the library's explicit option objects. No library module sees 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"
 DEFAULT_CHILDREN = 300  # a bare --evolve, as in yolov5
-LOGGER_NAME = "train"
+LOGGER = logging.getLogger("train")
 
 
 class CliParser(argparse.ArgumentParser):
@@ -232,11 +233,9 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def check_img_size(img_size: int, stride: int = 32) -> int:
     """Round --img up to a multiple of the largest stride, saying so when it changes."""
-    import logging
-
     rounded = max(math.ceil(img_size / stride) * stride, stride)
     if rounded != img_size:
-        logging.getLogger(LOGGER_NAME).warning(f"--img {img_size} must be a multiple of {stride}, using {rounded}")
+        LOGGER.warning(f"--img {img_size} must be a multiple of {stride}, using {rounded}")
     return rounded
 
 
