@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from utils.errors import UserError
 
@@ -16,21 +16,28 @@ DEFAULT_META = Path(__file__).resolve().parents[2] / "data" / "hyps" / "meta.yam
 # Keys the meta table may describe although the hyp leaves them out (then they are simply not evolved).
 OPTIONAL_HYP_KEYS = ("anchors",)
 SCALES = ("linear", "log")
-TYPES = ("float", "int")
+TYPES = ("float", "int", "choice")
 
 
 @dataclass(frozen=True)
 class GeneSpec:
-    """How one hyp key evolves: mutation gain, bounds, search scale and value type."""
+    """How one hyp key evolves: mutation gain, bounds, search scale and value type.
+
+    A choice gene (``type == "choice"``) takes one of ``choices`` (strings); its ``low``/``high`` are the index
+    bounds 0 and ``len(choices) - 1``, so that samplers working on numbers can carry it as an index.
+    """
 
     gain: float
     low: float
     high: float
     scale: str = "linear"
     type: str = "float"
+    choices: tuple[str, ...] = ()
 
     def distribution(self) -> BaseDistribution:
         """The Optuna distribution a sampler draws this key from."""
+        if self.type == "choice":
+            return CategoricalDistribution(self.choices)
         if self.type == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.scale == "log")
         return FloatDistribution(self.low, self.high, log=self.scale == "log")
@@ -59,12 +66,32 @@ class SearchSpace:
         return {key: float(params.get(key, value)) for key, value in self.base_hyp.items()}
 
 
+def parse_choice_gene(key: str, entry: Mapping, source: str) -> GeneSpec:
+    """Check a choice entry: ``{choices: [A, B, ...][, gain]}`` (gain 0 keeps it fixed; default 1)."""
+    unknown = sorted(set(entry) - {"choices", "gain"})
+    choices = entry["choices"]
+    if unknown:
+        raise UserError(f"{source}: meta entry '{key}': unknown field(s) {', '.join(unknown)} (a choice gene has "
+                        "choices and an optional gain)")  # fmt: skip
+    valid = isinstance(choices, (list, tuple)) and all(isinstance(choice, str) and choice for choice in choices)
+    if not valid or len(choices) < 2 or len(set(choices)) != len(choices):
+        raise UserError(f"{source}: meta entry '{key}': choices must be a list of 2 or more distinct names "
+                        f"(got {choices!r})")  # fmt: skip
+    gain = entry.get("gain", 1)
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) or gain < 0:
+        raise UserError(f"{source}: meta entry '{key}': gain must be a number >= 0 (got {gain!r})")
+    return GeneSpec(float(gain), 0.0, float(len(choices) - 1), "linear", "choice", tuple(choices))
+
+
 def parse_gene(key: str, entry: object, source: str) -> GeneSpec:
-    """Check one meta entry: ``{gain, low, high[, scale][, type]}`` or yolov5's ``[gain, low, high]``."""
+    """Check one meta entry: ``{gain, low, high[, scale][, type]}``, yolov5's ``[gain, low, high]``, or a choice
+    gene ``{choices: [A, B][, gain]}``."""
     if isinstance(entry, (list, tuple)) and len(entry) == 3:
         entry = dict(zip(("gain", "low", "high"), entry))
     if not isinstance(entry, Mapping):
         raise UserError(f"{source}: meta entry '{key}' must be a mapping with gain, low, high (got {entry!r})")
+    if "choices" in entry:
+        return parse_choice_gene(key, entry, source)
     unknown = sorted(set(entry) - {"gain", "low", "high", "scale", "type"})
     missing = [name for name in ("gain", "low", "high") if name not in entry]
     if unknown or missing:
@@ -77,8 +104,9 @@ def parse_gene(key: str, entry: object, source: str) -> GeneSpec:
             raise UserError(f"{source}: meta entry '{key}': {name} must be a finite number (got {value!r})")
         numbers[name] = float(value)
     scale, value_type = entry.get("scale", "linear"), entry.get("type", "float")
-    if scale not in SCALES or value_type not in TYPES:
-        raise UserError(f"{source}: meta entry '{key}': scale must be one of {SCALES}, type one of {TYPES}")
+    if scale not in SCALES or value_type not in TYPES[:2]:
+        raise UserError(f"{source}: meta entry '{key}': scale must be one of {SCALES}, type one of {TYPES[:2]} "
+                        "(a choice gene lists its choices instead)")  # fmt: skip
     if numbers["gain"] < 0 or numbers["low"] > numbers["high"]:
         raise UserError(f"{source}: meta entry '{key}': need gain >= 0 and low <= high (got {dict(entry)})")
     if scale == "log" and numbers["low"] <= 0:
