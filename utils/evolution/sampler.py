@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from utils.errors import UserError
 from utils.evolution.search_space import GeneSpec, SearchSpace
 
-SAMPLERS = ("ga", "tpe", "cmaes", "random")
+SAMPLERS = ("ga", "classic", "tpe", "cmaes", "random")
 PARENT_SELECTIONS = ("single", "weighted")
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
 MUTATION_PROBABILITY = 0.8
@@ -57,7 +57,9 @@ def mutation_factors(gains: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return factors
 
 
-def mutate(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator) -> np.ndarray:
+def mutate(
+    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, floor_fraction: float = ZERO_FLOOR_FRACTION
+) -> np.ndarray:
     """One child of ``parent``: ``child = parent + (v - 1) * max(|parent|, floor)``, clipped to [low, high].
 
     ``floor`` is 10% of (high - low) for keys whose range starts at 0 (low <= 0) and 0 otherwise. Above the floor
@@ -70,7 +72,7 @@ def mutate(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generat
     low = np.array([spec.low for spec in specs], dtype=float)
     high = np.array([spec.high for spec in specs], dtype=float)
     factors = mutation_factors(gains, rng)
-    floor = np.where(low <= 0, ZERO_FLOOR_FRACTION * (high - low), 0.0)
+    floor = np.where(low <= 0, floor_fraction * (high - low), 0.0)
     scale = np.maximum(np.abs(parent), floor)
     child = (parent + (factors - 1) * scale).clip(low, high)
     rounded = np.array([float(f"{value:.{SIGNIFICANT_DIGITS}g}") for value in child])
@@ -115,10 +117,17 @@ class GeneticSampler(BaseSampler):
     number to its parent information so that the runner can record it with the child.
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        parent_selection: str = "single",
+        floor_fraction: float = ZERO_FLOOR_FRACTION,
+    ) -> None:
         if parent_selection not in PARENT_SELECTIONS:
             raise ValueError(f"parent_selection must be one of {PARENT_SELECTIONS}, got {parent_selection!r}")
         self.space = space
+        self.floor_fraction = floor_fraction
         self.seed = seed
         self.parent_selection = parent_selection
         self.lineage: dict[int, dict[str, Any]] = {}
@@ -138,7 +147,7 @@ class GeneticSampler(BaseSampler):
             return cast_params(self.space.base_params(), genes)
         rng = child_rng(self.seed, trial.number)
         parent, parent_numbers = self.parent_vector(study, rng)
-        child = mutate(parent, list(genes.values()), rng)
+        child = mutate(parent, list(genes.values()), rng, self.floor_fraction)
         self.lineage[trial.number] = {"base": False, "parents": parent_numbers}
         return cast_params(dict(zip(genes, child)), genes)
 
@@ -231,6 +240,8 @@ def build_sampler(
     """The sampler behind ``--sampler``: "ga" (default, yolov5 mutation), "tpe", "cmaes" or "random"."""
     if name == "ga":
         return GeneticSampler(space, seed=seed, parent_selection=parent_selection)
+    if name == "classic":
+        return GeneticSampler(space, seed=seed, parent_selection=parent_selection, floor_fraction=0.0)
     factories: dict[str, Callable[[int], BaseSampler]] = {
         "tpe": lambda child: TPESampler(seed=child),
         "cmaes": lambda child: CmaEsSampler(seed=child, warn_independent_sampling=False),
