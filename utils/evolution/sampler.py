@@ -9,6 +9,7 @@ workers never duplicate the baseline (yolov5 enqueues it per process).
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,8 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import UserError
 from utils.evolution.search_space import GeneSpec, SearchSpace
+from utils.evolution.surrogate import GaussianProcess, expected_improvement
 
 SAMPLERS = ("ga", "classic", "tpe", "cmaes", "random")
+STARTUP_CHILDREN = 10  # completed children before the model screens proposals (classic moves until then)
+POOL_SIZE = 500  # proposals screened per child
+# (kind, share of the pool): yolov5's mutation, a 4x smaller and a 3x larger step, crossover then mutation, uniform.
+POOL_SHARES = (("mutation", 0.4), ("small", 0.15), ("large", 0.15), ("crossover", 0.2), ("uniform", 0.1))
+REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
 PARENT_SELECTIONS = ("single", "weighted")
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
 MUTATION_PROBABILITY = 0.8
@@ -31,6 +38,7 @@ FACTOR_RANGE = (0.3, 3.0)
 # For keys whose range starts at 0, a value below 10% of (high - low) mutates on that scale instead of its own.
 ZERO_FLOOR_FRACTION = 0.1
 SIGNIFICANT_DIGITS = 5
+CHOICE_SWITCH_PROBABILITY = 0.1  # per child, times the gene's gain
 IMPORTED_ATTR = "imported"
 
 
@@ -44,40 +52,67 @@ def child_seed(seed: int, child_index: int) -> int:
     return int(np.random.SeedSequence([seed, child_index]).generate_state(1)[0] >> 1)
 
 
-def mutation_factors(gains: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def mutation_factors(gains: np.ndarray, rng: np.random.Generator, sigma: float = MUTATION_SIGMA) -> np.ndarray:
     """yolov5's factors ``v = 1 + gain * N(0,1) * r * 0.2``: each gene w.p. 0.8, r ~ U(0,1) once per draw.
 
-    Redrawn until at least one factor differs from 1, clipped to [0.3, 3.0].
+    Redrawn until at least one factor differs from 1, clipped to [0.3, 3.0]. ``sigma`` replaces yolov5's 0.2.
     """
     factors = np.ones_like(gains)
     while np.all(factors == 1) and np.any(gains > 0):
         mutates = rng.random(len(gains)) < MUTATION_PROBABILITY
-        step = gains * mutates * rng.standard_normal(len(gains)) * rng.random() * MUTATION_SIGMA
+        step = gains * mutates * rng.standard_normal(len(gains)) * rng.random() * sigma
         factors = (1 + step).clip(*FACTOR_RANGE)
     return factors
 
 
+def switch_choices(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, force: bool) -> np.ndarray:
+    """Choice genes (carried as an index) switch to another choice with probability ``0.1 * gain`` each; with
+    ``force`` (nothing else changed) one of them switches for sure."""
+    child = parent.copy()
+    indices = [index for index, spec in enumerate(specs) if spec.type == "choice" and spec.gain > 0]
+    switches = [index for index in indices if rng.random() < CHOICE_SWITCH_PROBABILITY * specs[index].gain]
+    if force and not switches and indices:
+        switches = [indices[int(rng.integers(len(indices)))]]
+    for index in switches:
+        others = [choice for choice in range(len(specs[index].choices)) if choice != int(round(parent[index]))]
+        child[index] = float(others[int(rng.integers(len(others)))])
+    return child
+
+
 def mutate(
-    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, floor_fraction: float = ZERO_FLOOR_FRACTION
+    parent: np.ndarray,
+    specs: Sequence[GeneSpec],
+    rng: np.random.Generator,
+    floor_fraction: float = ZERO_FLOOR_FRACTION,
+    sigma: float = MUTATION_SIGMA,
 ) -> np.ndarray:
     """One child of ``parent``: ``child = parent + (v - 1) * max(|parent|, floor)``, clipped to [low, high].
 
-    ``floor`` is 10% of (high - low) for keys whose range starts at 0 (low <= 0) and 0 otherwise. Above the floor
-    this is exactly yolov5's ``parent * v``. Below it the step is taken on the floor's scale, so a key at 0 (mixup,
-    degrees, ...) can move, which a purely multiplicative step never does; keys with low > 0 (lr0, box, ...)
-    cannot reach 0 and keep the multiplicative step everywhere.
-    Values are rounded to 5 significant digits (whole numbers for ``type: int``) and clipped again.
+    ``floor`` is ``floor_fraction`` (10%) of (high - low) for keys whose range starts at 0 (low <= 0) and 0
+    otherwise. Above the floor this is exactly yolov5's ``parent * v``. Below it the step is taken on the floor's
+    scale, so a key at 0 (mixup, degrees, ...) can move, which a purely multiplicative step never does; keys with
+    low > 0 (lr0, box, ...) cannot reach 0 and keep the multiplicative step everywhere. ``floor_fraction=0`` is
+    yolov5's rule exactly (the ``classic`` sampler).
+    Values are rounded to 5 significant digits (whole numbers for ``type: int``) and clipped again. Choice genes
+    (an index) switch to another choice with probability 0.1 * gain (see ``switch_choices``).
     """
-    gains = np.array([spec.gain for spec in specs], dtype=float)
+    choice = np.array([spec.type == "choice" for spec in specs])
+    gains = np.array([0.0 if spec.type == "choice" else spec.gain for spec in specs], dtype=float)
     low = np.array([spec.low for spec in specs], dtype=float)
     high = np.array([spec.high for spec in specs], dtype=float)
-    factors = mutation_factors(gains, rng)
+    factors = mutation_factors(gains, rng, sigma)
     floor = np.where(low <= 0, floor_fraction * (high - low), 0.0)
     scale = np.maximum(np.abs(parent), floor)
     child = (parent + (factors - 1) * scale).clip(low, high)
     rounded = np.array([float(f"{value:.{SIGNIFICANT_DIGITS}g}") for value in child])
     rounded = np.where([spec.type == "int" for spec in specs], np.round(child), rounded)
-    return rounded.clip(low, high)
+    rounded = np.where(choice, parent, rounded.clip(low, high))
+    return switch_choices(rounded, specs, rng, force=bool(np.array_equal(rounded, parent)))
+
+
+def crossover(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uniform crossover: each gene from either parent with equal probability."""
+    return np.where(rng.random(len(first)) < 0.5, first, second)
 
 
 def select_parent(
@@ -105,9 +140,25 @@ def is_base_child(study: Study, number: int) -> bool:
     return not own_trials_before(study, number)
 
 
-def cast_params(params: dict[str, float], genes: dict[str, GeneSpec]) -> dict[str, Any]:
-    """Give int genes Python ints, as IntDistribution expects."""
-    return {key: int(round(value)) if genes[key].type == "int" else float(value) for key, value in params.items()}
+def encode(value: Any, spec: GeneSpec) -> float:
+    """A gene's value as a number: a choice gene's name becomes its index."""
+    if spec.type == "choice":
+        return float(spec.choices.index(value)) if isinstance(value, str) else float(value)
+    return float(value)
+
+
+def decode(value: float, spec: GeneSpec) -> Any:
+    """The value Optuna's distribution expects: an int for int genes, the name for choice genes, else a float."""
+    if spec.type == "choice":
+        return spec.choices[int(round(value))]
+    if spec.type == "int":
+        return int(round(value))
+    return float(value)
+
+
+def cast_params(params: dict[str, Any], genes: dict[str, GeneSpec]) -> dict[str, Any]:
+    """Give int genes Python ints and choice genes their names, as Optuna's distributions expect."""
+    return {key: decode(encode(value, genes[key]), genes[key]) for key, value in params.items()}
 
 
 class GeneticSampler(BaseSampler):
@@ -156,7 +207,7 @@ class GeneticSampler(BaseSampler):
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         completed = [trial for trial in completed if trial.value is not None and np.isfinite(trial.value)]
         if not completed:
-            return np.array(list(self.space.base_params().values()), dtype=float), []
+            return self.base_vector(), []
         fittest = sorted(completed, key=lambda trial: trial.value, reverse=True)[:TOP_PARENTS]
         population = np.array([[self.gene_value(trial, key) for key in self.space.genes] for trial in fittest])
         fitness = np.array([trial.value for trial in fittest], dtype=float)
@@ -164,17 +215,142 @@ class GeneticSampler(BaseSampler):
         numbers = [fittest[chosen].number] if chosen is not None else [trial.number for trial in fittest]
         return parent, numbers
 
+    def base_vector(self) -> np.ndarray:
+        return np.array([encode(value, self.space.genes[key]) for key, value in self.space.base_params().items()])
+
     def gene_value(self, trial: FrozenTrial, key: str) -> float:
-        """A key's value in a completed child: its param, else its recorded hyp, else the base value."""
+        """A key's value in a completed child, as a number: its param, else its recorded hyp, else the base value."""
         if key in trial.params:
-            return float(trial.params[key])
-        return float(trial.user_attrs.get("hyp", {}).get(key, self.space.base_hyp[key]))
+            return encode(trial.params[key], self.space.genes[key])
+        return encode(trial.user_attrs.get("hyp", {}).get(key, self.space.base_hyp[key]), self.space.genes[key])
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         # Only reached for parameters outside the search space, which the runner never suggests.
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+
+class ScreenedGeneticSampler(GeneticSampler):
+    """The default ``ga``: yolov5's mutation proposes, a model of the finished children picks what to train.
+
+    The first ``STARTUP_CHILDREN`` children are classic moves (mutations of a fitness-weighted top-5 parent).
+    After that, each child is the most promising of ``POOL_SIZE`` proposals by expected improvement under a
+    Gaussian-process model fitted to every completed child (``utils.evolution.surrogate``). The proposals are
+    still the genetic moves, made from the 5 children the model rates best (its posterior mean, which discounts
+    a child that was only lucky): yolov5 mutations at three step sizes, uniform crossovers of two parents then
+    mutated, and a few uniform draws that let the search leave a local optimum. Children other workers are
+    training count as observed at their predicted fitness, so concurrent workers do not propose the same point.
+
+    Everything is a function of (seed, child number, finished children): replays and resumes draw the same child.
+    The model's hyperparameters are refitted from the same start each time the number of completed children
+    passes a point of a geometric schedule (x1.2), so the cost stays under a few seconds per child at 300.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
+        super().__init__(space, seed=seed, parent_selection=parent_selection)
+        self._fits: dict[tuple[int, ...], GaussianProcess] = {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        completed = completed_trials(study)
+        if not search_space or is_base_child(study, trial.number) or len(completed) < STARTUP_CHILDREN:
+            return super().sample_relative(study, trial, search_space)
+        genes = self.space.genes
+        specs = list(genes.values())
+        rng = child_rng(self.seed, trial.number)
+        x = np.array([self.unit(self.vector(child)) for child in completed])
+        y = np.array([child.value for child in completed], dtype=float)
+        model = self.model(completed, x, y)
+        fitted_mean, _ = model.predict(x)
+        order = np.argsort(-fitted_mean, kind="stable")[:TOP_PARENTS]
+        parents = np.array([self.vector(completed[index]) for index in order])
+        pool, origins = self.proposals(parents, fitted_mean[order], specs, rng)
+        running = [
+            other for other in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if other.number != trial.number and set(genes) <= set(other.params)
+        ]  # fmt: skip
+        model = model.with_fantasies(
+            np.array([self.unit(self.vector(other)) for other in running]).reshape(-1, x.shape[1])
+        )
+        mean, sd = model.predict(np.array([self.unit(candidate) for candidate in pool]))
+        score = expected_improvement(mean, sd, float(fitted_mean.max()))
+        best = int(np.argmax(score))
+        self.lineage[trial.number] = {
+            "base": False,
+            "parents": [completed[order[index]].number for index in origins[best]],
+            "screened": {"pool": len(pool), "predicted": round(float(mean[best]), 5), "sd": round(float(sd[best]), 5)},
+        }
+        return cast_params(dict(zip(genes, pool[best])), genes)
+
+    def proposals(
+        self, parents: np.ndarray, fitness: np.ndarray, specs: list[GeneSpec], rng: np.random.Generator
+    ) -> tuple[list[np.ndarray], list[list[int]]]:
+        """The candidate pool and, for each candidate, the positions of its parents among ``parents``."""
+        weights = fitness - fitness.min() + 1e-6
+        weights = weights / weights.sum()
+        pool, origins = [], []
+        low = np.array([spec.low for spec in specs])
+        high = np.array([spec.high for spec in specs])
+        for kind, share in POOL_SHARES:
+            for _ in range(int(POOL_SIZE * share)):
+                first = int(rng.choice(len(parents), p=weights))
+                if kind == "uniform":
+                    candidate = np.array(
+                        [decode_number(rng.uniform(lo, hi), spec) for lo, hi, spec in zip(low, high, specs)]
+                    )
+                    pool.append(candidate)
+                    origins.append([])
+                    continue
+                parent, used = parents[first], [first]
+                if kind == "crossover":
+                    second = int(rng.choice(len(parents), p=weights))
+                    parent, used = crossover(parent, parents[second], rng), sorted({first, second})
+                sigma = {"small": MUTATION_SIGMA / 4, "large": MUTATION_SIGMA * 3}.get(kind, MUTATION_SIGMA)
+                pool.append(mutate(parent, specs, rng, self.floor_fraction, sigma))
+                origins.append(used)
+        return pool, origins
+
+    def model(self, completed: list[FrozenTrial], x: np.ndarray, y: np.ndarray) -> GaussianProcess:
+        """The GP on every completed child, with hyperparameters fitted on the first m of them (m on the schedule)."""
+        size = STARTUP_CHILDREN
+        while size * REFIT_GROWTH <= len(completed):
+            size = int(math.ceil(size * REFIT_GROWTH))
+        order = np.argsort([child.number for child in completed], kind="stable")[:size]
+        key = tuple(sorted(completed[index].number for index in order))
+        if key not in self._fits:
+            self._fits = {key: GaussianProcess.fit(x[order], y[order])}
+        fitted = self._fits[key]
+        return GaussianProcess.condition(x, y, fitted.lengths, fitted.signal, fitted.noise)
+
+    def vector(self, trial: FrozenTrial) -> np.ndarray:
+        return np.array([self.gene_value(trial, key) for key in self.space.genes])
+
+    def unit(self, vector: np.ndarray) -> np.ndarray:
+        """Genes on [0, 1] for the model: log scale for log genes, one column per choice for choice genes."""
+        columns = []
+        for value, spec in zip(vector, self.space.genes.values()):
+            if spec.type == "choice":
+                columns.extend(float(int(round(value)) == index) for index in range(len(spec.choices)))
+            elif spec.scale == "log":
+                columns.append(math.log(value / spec.low) / math.log(spec.high / spec.low))
+            else:
+                columns.append((value - spec.low) / (spec.high - spec.low) if spec.high > spec.low else 0.0)
+        return np.array(columns)
+
+
+def decode_number(value: float, spec: GeneSpec) -> float:
+    """A uniform draw snapped to the gene's kind (whole numbers for int and choice genes), still a number."""
+    if spec.type in ("int", "choice"):
+        return float(min(max(round(value), spec.low), spec.high))
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def completed_trials(study: Study) -> list[FrozenTrial]:
+    """Completed trials with a finite value, in trial order."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [trial for trial in completed if trial.value is not None and np.isfinite(trial.value)]
 
 
 class PerChildSeededSampler(BaseSampler):
@@ -239,7 +415,7 @@ def build_sampler(
 ) -> GeneticSampler | PerChildSeededSampler:
     """The sampler behind ``--sampler``: "ga" (default, yolov5 mutation), "tpe", "cmaes" or "random"."""
     if name == "ga":
-        return GeneticSampler(space, seed=seed, parent_selection=parent_selection)
+        return ScreenedGeneticSampler(space, seed=seed, parent_selection=parent_selection)
     if name == "classic":
         return GeneticSampler(space, seed=seed, parent_selection=parent_selection, floor_fraction=0.0)
     factories: dict[str, Callable[[int], BaseSampler]] = {

@@ -1,0 +1,146 @@
+"""Tests for the default sampler (ga: yolov5 moves screened by a GP model), its model and choice-gene moves."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from utils.evolution.child import suggest_hyp
+from utils.evolution.sampler import (
+    CHOICE_SWITCH_PROBABILITY,
+    STARTUP_CHILDREN,
+    GeneticSampler,
+    ScreenedGeneticSampler,
+    build_sampler,
+    child_rng,
+    mutate,
+    quiet_optuna,
+)
+from utils.evolution.search_space import GeneSpec, SearchSpace, load_meta, validate_search_space
+from utils.evolution.surrogate import GaussianProcess, expected_improvement
+from utils.training.hyp import load_hyp
+
+
+@pytest.fixture(scope="module")
+def space():
+    return validate_search_space(load_hyp(), load_meta())
+
+
+def quadratic(hyp, space):
+    """A smooth objective where lr0 (log scale) and mixup matter: its best is lr0 = 1e-3, mixup = 0.5."""
+    lr0 = np.log10(hyp["lr0"] / 1e-3) / 4
+    return 1.0 - lr0**2 - (hyp["mixup"] - 0.5) ** 2
+
+
+def evolve(sampler, space, children, objective=quadratic):
+    quiet_optuna()
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for _ in range(children):
+        trial = study.ask()
+        hyp = suggest_hyp(trial, space)
+        trial.set_user_attr("hyp", hyp)
+        study.tell(trial, objective(hyp, space))
+    return study
+
+
+def test_gp_finds_the_dimension_that_matters_and_predicts():
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 6))
+    y = np.sin(5 * x[:, 2]) + rng.normal(0, 0.01, 60)
+    model = GaussianProcess.fit(x, y)
+    assert model.lengths[2] < 0.5 * np.delete(model.lengths, 2).min()
+    test = rng.random((200, 6))
+    mean, sd = model.predict(test)
+    assert np.corrcoef(mean, np.sin(5 * test[:, 2]))[0, 1] > 0.95
+    assert np.all(sd > 0)
+    assert GaussianProcess.fit(x, y).lengths.tolist() == model.lengths.tolist()  # deterministic
+
+
+def test_fantasies_lower_the_uncertainty_where_others_train():
+    rng = np.random.default_rng(1)
+    x = rng.random((30, 3))
+    model = GaussianProcess.fit(x, x.sum(1))
+    point = np.array([[1.5, -0.5, 1.5]])  # away from every observed child
+    _, before = model.predict(point)
+    _, after = model.with_fantasies(point).predict(point)
+    assert after[0] < 0.5 * before[0]
+
+
+def test_expected_improvement_prefers_higher_mean_and_more_uncertainty():
+    ei = expected_improvement(np.array([0.0, 0.1, 0.0]), np.array([0.1, 0.1, 0.3]), best=0.05)
+    assert ei[1] > ei[0] and ei[2] > ei[0] and np.all(ei > 0)
+
+
+def test_the_default_is_the_screened_sampler_and_classic_is_yolov5s_rule(space):
+    assert isinstance(build_sampler("ga", space), ScreenedGeneticSampler)
+    classic = build_sampler("classic", space)
+    assert type(classic) is GeneticSampler and classic.floor_fraction == 0.0
+
+
+def test_screened_children_are_reproducible_recorded_and_in_bounds(space):
+    first = build_sampler("ga", space, seed=3)
+    study = evolve(first, space, STARTUP_CHILDREN + 5)
+    again = evolve(build_sampler("ga", space, seed=3), space, STARTUP_CHILDREN + 5)
+    hyps = [trial.user_attrs["hyp"] for trial in study.trials]
+    assert hyps == [trial.user_attrs["hyp"] for trial in again.trials]
+    screened = [first.lineage[number] for number in range(STARTUP_CHILDREN + 1, STARTUP_CHILDREN + 5)]
+    assert all(entry["screened"]["pool"] > 100 for entry in screened)
+    assert any(entry["parents"] for entry in screened)  # a uniform proposal has no parents
+    assert "screened" not in first.lineage[STARTUP_CHILDREN - 1]  # classic moves before the model has data
+    for hyp in hyps:
+        assert all(spec.low <= hyp[key] <= spec.high for key, spec in space.genes.items())
+
+
+def test_screening_beats_plain_mutation_on_a_smooth_objective(space):
+    """Same budget, same seeds: the model-screened children reach a better best child than classic moves."""
+
+    def best(name, seed):
+        return evolve(build_sampler(name, space, seed=seed), space, 40).best_value
+
+    screened = [best("ga", seed) for seed in range(3)]
+    plain = [best("classic", seed) for seed in range(3)]
+    assert np.median(screened) > np.median(plain)
+
+
+def test_a_child_in_training_is_not_proposed_again(space):
+    """Two children asked before either finishes (two workers) differ, and the model sees the first one."""
+    sampler = build_sampler("ga", space, seed=0)
+    study = evolve(sampler, space, STARTUP_CHILDREN + 2)
+    first = study.ask()
+    hyp_first = suggest_hyp(first, space)
+    second = study.ask()
+    hyp_second = suggest_hyp(second, space)
+    assert hyp_first != hyp_second
+
+
+CHOICE_SPACE = SearchSpace(
+    base_hyp={"lr0": 0.01, "optimizer": "SGD"},
+    genes={"lr0": GeneSpec(1.0, 1e-5, 0.1, "log"), "optimizer": GeneSpec(1.0, 0.0, 2.0, "linear", "choice",
+                                                                      ("SGD", "AdamW", "Adam"))},
+)  # fmt: skip
+
+
+def test_choice_genes_switch_with_the_documented_probability():
+    specs = list(CHOICE_SPACE.genes.values())
+    children = np.array([mutate(np.array([0.01, 0.0]), specs, child_rng(0, index)) for index in range(4000)])
+    switched = children[:, 1] != 0
+    assert set(np.unique(children[:, 1])) == {0.0, 1.0, 2.0}
+    assert switched.mean() == pytest.approx(CHOICE_SWITCH_PROBABILITY, abs=0.02)
+
+
+def test_a_lone_choice_gene_always_switches():
+    spec = CHOICE_SPACE.genes["optimizer"]
+    children = [mutate(np.array([1.0]), [spec], child_rng(0, index))[0] for index in range(50)]
+    assert all(child != 1.0 for child in children)
+
+
+@pytest.mark.parametrize("name", ["ga", "classic", "tpe", "random", "cmaes"])
+def test_every_sampler_draws_choice_genes(name):
+    def objective(hyp, _space):
+        return (hyp["optimizer"] == "AdamW") + 0.01 * np.log10(hyp["lr0"])
+
+    study = evolve(build_sampler(name, CHOICE_SPACE, seed=0), CHOICE_SPACE, 30, objective)
+    choices = [trial.params["optimizer"] for trial in study.trials]
+    assert choices[0] == "SGD"  # child 0 is the base
+    assert set(choices) >= {"SGD", "AdamW"}

@@ -1,0 +1,130 @@
+"""A small Gaussian-process model of fitness over the finished children, for screening mutants before training.
+
+Matern-5/2 kernel with one length scale per coordinate (ARD), fitted by maximum a posteriori on the children's
+fitness; the length-scale prior is log-normal with median sqrt(2)+ln(d)/2 in log space (Hvarfner et al. 2024), so
+that keys which do not matter keep long length scales. Inputs are on the unit cube. Plain numpy and scipy: a fit on
+300 children in 25 dimensions takes well under a second, against minutes or hours for one child.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.optimize import minimize
+from scipy.stats import norm
+
+SQRT5 = math.sqrt(5.0)
+LOG_LENGTH_BOUNDS = (math.log(0.01), math.log(1000.0))
+LOG_SIGNAL_BOUNDS = (math.log(0.05), math.log(20.0))
+LOG_NOISE_BOUNDS = (math.log(1e-4), math.log(2.0))
+JITTER = 1e-8
+
+
+def matern52(r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Matern-5/2 correlation of squared scaled distances, and its derivative with respect to r2."""
+    r = np.sqrt(np.maximum(r2, 0.0))
+    decay = np.exp(-SQRT5 * r)
+    return (1.0 + SQRT5 * r + 5.0 / 3.0 * r2) * decay, -5.0 / 6.0 * (1.0 + SQRT5 * r) * decay
+
+
+def scaled_sq_distances(a: np.ndarray, b: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    diff = (a[:, None, :] - b[None, :, :]) / lengths
+    return (diff**2).sum(-1)
+
+
+@dataclass
+class GaussianProcess:
+    """A fitted GP: ``predict`` gives the posterior mean and standard deviation of fitness (original units)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    y_mean: float
+    y_scale: float
+    lengths: np.ndarray
+    signal: float
+    noise: float
+    chol: tuple[np.ndarray, bool]
+    alpha: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> GaussianProcess:
+        """Fit the hyperparameters (MAP, L-BFGS-B from the prior's mode: deterministic) and condition on (x, y)."""
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        y_mean, y_scale = float(y.mean()), float(y.std()) or 1.0
+        z = (y - y_mean) / y_scale
+        dims = x.shape[1]
+        prior_mean, prior_sd = math.sqrt(2.0) + math.log(dims) / 2, math.sqrt(3.0)
+        diffs = (x[:, None, :] - x[None, :, :]) ** 2  # (n, n, d)
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            log_lengths, log_signal, log_noise = theta[:dims], theta[dims], theta[dims + 1]
+            inverse_sq = np.exp(-2.0 * log_lengths)
+            r2 = diffs @ inverse_sq
+            correlation, d_correlation = matern52(r2)
+            signal, noise = math.exp(log_signal), math.exp(log_noise)
+            k = signal * correlation + (noise + JITTER) * np.eye(len(z))
+            try:
+                factor = cho_factor(k, lower=True)
+            except np.linalg.LinAlgError:
+                return 1e10, np.zeros_like(theta)
+            alpha = cho_solve(factor, z)
+            nll = 0.5 * z @ alpha + np.log(np.diag(factor[0])).sum()
+            weights = np.outer(alpha, alpha) - cho_solve(factor, np.eye(len(z)))
+            # d nll / d theta = -0.5 * sum(weights * dK/dtheta)
+            d_r2 = -2.0 * diffs * inverse_sq  # d r2 / d log length, (n, n, d)
+            grad_lengths = -0.5 * np.einsum("jk,jki->i", weights * signal * d_correlation, d_r2)
+            grad_signal = -0.5 * (weights * signal * correlation).sum()
+            grad_noise = -0.5 * np.trace(weights) * noise
+            # Priors: log-normal length scales; weak normal priors on log signal and log noise.
+            nll += ((log_lengths - prior_mean) ** 2).sum() / (2 * prior_sd**2)
+            grad_lengths = grad_lengths + (log_lengths - prior_mean) / prior_sd**2
+            nll += log_signal**2 / 2
+            grad_signal += log_signal
+            nll += (log_noise - math.log(0.1)) ** 2 / 8
+            grad_noise += (log_noise - math.log(0.1)) / 4
+            return float(nll), np.concatenate([grad_lengths, [grad_signal, grad_noise]])
+
+        start = np.concatenate([np.full(dims, prior_mean), [0.0, math.log(0.1)]])
+        bounds = [LOG_LENGTH_BOUNDS] * dims + [LOG_SIGNAL_BOUNDS, LOG_NOISE_BOUNDS]
+        result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
+        theta = result.x if np.all(np.isfinite(result.x)) else start
+        return cls.condition(x, y, np.exp(theta[:dims]), math.exp(theta[dims]), math.exp(theta[dims + 1]))
+
+    @classmethod
+    def condition(
+        cls, x: np.ndarray, y: np.ndarray, lengths: np.ndarray, signal: float, noise: float
+    ) -> GaussianProcess:
+        """The posterior given fixed hyperparameters."""
+        y_mean, y_scale = float(y.mean()), float(y.std()) or 1.0
+        correlation, _ = matern52(scaled_sq_distances(x, x, lengths))
+        k = signal * correlation + (noise + JITTER) * np.eye(len(y))
+        chol = cho_factor(k, lower=True)
+        alpha = cho_solve(chol, (y - y_mean) / y_scale)
+        return cls(x, y, y_mean, y_scale, lengths, signal, noise, chol, alpha)
+
+    def with_fantasies(self, points: np.ndarray) -> GaussianProcess:
+        """The same model with ``points`` (children still training) observed at their predicted mean: proposals
+        then avoid what other workers already train (kriging believer)."""
+        if len(points) == 0:
+            return self
+        mean, _ = self.predict(points)
+        x = np.concatenate([self.x, points])
+        return GaussianProcess.condition(x, np.concatenate([self.y, mean]), self.lengths, self.signal, self.noise)
+
+    def predict(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        correlation, _ = matern52(scaled_sq_distances(np.asarray(points, dtype=float), self.x, self.lengths))
+        cross = self.signal * correlation
+        mean = cross @ self.alpha
+        v = solve_triangular(self.chol[0], cross.T, lower=True)
+        variance = np.maximum(self.signal - (v**2).sum(0), 1e-12)
+        return mean * self.y_scale + self.y_mean, np.sqrt(variance) * self.y_scale
+
+
+def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    """Expected improvement over ``best`` of a normal posterior (mean, sd)."""
+    z = (mean - best) / sd
+    return sd * (z * norm.cdf(z) + norm.pdf(z))
