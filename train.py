@@ -15,7 +15,6 @@ from pathlib import Path
 from utils import cli
 from utils.device import distributed_env, select_device
 from utils.errors import run_cli
-from utils.training.hyp import load_hyp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
         recorded, hyp = resume_state(checkpoint_path)
         args, run_dir = cli.resumed_args(args, checkpoint_path, recorded), checkpoint_path.parent.parent
     device = select_device(args.device, local_rank)
-    hyp = hyp or load_hyp(args.hyp)
+    hyp = hyp or cli.load_train_hyp(args)  # a hyp file may name the optimizer: before the options are built
     options = cli.build_train_options(args, device, rank, world_size)  # checks the flags before any data work
     run_training(TrainJob(hyp, options, args.data, args.imgsz, args.cache, run_dir, args.exist_ok), lock)
 

@@ -18,8 +18,8 @@ from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
 from utils.evolution.sampler import PARENT_SELECTIONS, SAMPLERS
 from utils.evolution.search_space import DEFAULT_META, load_meta
-from utils.training.hyp import DEFAULT_HYP
-from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS
+from utils.training.hyp import DEFAULT_HYP, read_hyp_file
+from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, optimizer_name
 from utils.training.options import DistributedOptions, OutputOptions, TrainOptions
 from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
 
@@ -43,6 +43,16 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+
+
+class StoreGiven(argparse.Action):
+    """Store the value and set ``<dest>_given``: a data yaml's ``defaults:`` never set it, so later checks can tell
+    what the command line said from a default (``--optimizer`` against the hyp file's optimizer)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def add_run_folder_arguments(parser: argparse.ArgumentParser, project: Path) -> None:
@@ -105,7 +115,13 @@ def train_parser(description: str | None = None) -> CliParser:
 def add_schedule_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the optimizer, schedule, warmup-related and --close-mosaic flags."""
     group = parser.add_argument_group("optimizer and learning-rate schedule")
-    group.add_argument("--optimizer", default="SGD", help=f"one of {', '.join(OPTIMIZERS)} (default SGD)")
+    group.add_argument(
+        "--optimizer",
+        default="SGD",
+        action=StoreGiven,
+        help=f"one of {', '.join(OPTIMIZERS)} (default: the one the hyp file names, else SGD)",
+    )
+    parser.set_defaults(optimizer_given=False)
     group.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default linear)")
     group.add_argument("--cos-lr", action="store_true", help="alias for --scheduler cos")
     group.add_argument("--lr-step-size", type=int, default=None, help="step: epochs per cut (default epochs // 3)")
@@ -304,6 +320,17 @@ def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict
     return restored
 
 
+def load_train_hyp(args: argparse.Namespace) -> dict[str, float]:
+    """Load --hyp. A hyp file that names an optimizer (a hyp_evolve.yaml whose evolution evolved it) sets
+    ``args.optimizer``; an explicit --optimizer naming another one is an error naming both."""
+    hyp_file = read_hyp_file(args.hyp)
+    flag, named = optimizer_name(args.optimizer), hyp_file.choices.get("optimizer")
+    if named is not None and args.optimizer_given and flag != named:
+        raise UserError(f"--optimizer {flag} contradicts 'optimizer: {named}' in {args.hyp}; drop one of them")
+    args.optimizer = named or flag
+    return hyp_file.hyp
+
+
 def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
     """The evolution's options from train.py's flags; --meta is loaded (and checked) here."""
     project = Path(args.project)
@@ -331,10 +358,10 @@ def build_training_job(args: argparse.Namespace) -> TrainingJob:
     """What every evolution child trains on, from train.py's flags (the base hyp is loaded and checked here)."""
     from utils.device import distributed_env, select_device
     from utils.evolution.training_objective import TrainingJob
-    from utils.training.hyp import load_hyp
 
+    hyp = load_train_hyp(args)  # first: the hyp file may name the optimizer
     options = build_train_options(args, select_device(args.device), world_size=distributed_env()[2])
-    return TrainingJob(load_hyp(args.hyp), options, args.data, args.imgsz, args.cache, evolution_setup(args))
+    return TrainingJob(hyp, options, args.data, args.imgsz, args.cache, evolution_setup(args))
 
 
 def evolution_setup(args: argparse.Namespace) -> dict[str, object]:

@@ -12,6 +12,7 @@ def format_header(names: Sequence[str]) -> str:
     return ",".join(f"{name:>{FIELD_WIDTH}}" for name in names)
 
 
-def format_row(values: Sequence[float]) -> str:
-    """Values as ``%20.5g``, comma-separated."""
-    return ",".join(f"{value:{FIELD_WIDTH}.5g}" for value in values)
+def format_row(values: Sequence[float | str]) -> str:
+    """Numbers as ``%20.5g`` and names (evolve.csv's choice columns) right-aligned, comma-separated."""
+    return ",".join(f"{value:>{FIELD_WIDTH}}" if isinstance(value, str) else f"{value:{FIELD_WIDTH}.5g}"
+                    for value in values)  # fmt: skip

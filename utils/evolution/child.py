@@ -32,7 +32,7 @@ class ChildContext:
 
     index: int  # the child's number; a repeat or fidelity run carries the number of the child it evaluates
     seed: int  # the child's mutation seed
-    hyp: dict[str, float]
+    hyp: dict[str, float | str]  # numbers, and choice names for choice genes ("optimizer": "AdamW")
     trial: optuna.Trial
     run_dir: Path
     train_seed: int = 0
@@ -45,7 +45,7 @@ class ChildContext:
             raise optuna.TrialPruned(f"pruned at step {step} with fitness {fitness:.5g}")
 
 
-Objective = Callable[[dict[str, float], ChildContext], Mapping[str, float]]
+Objective = Callable[[dict[str, float | str], ChildContext], Mapping[str, float]]
 
 
 def compute_fitness(metrics: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
@@ -65,12 +65,14 @@ def scalar_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     return scalars
 
 
-def suggest_hyp(trial: optuna.Trial, space: SearchSpace) -> dict[str, float]:
+def suggest_hyp(trial: optuna.Trial, space: SearchSpace) -> dict[str, float | str]:
     """Draw every evolved key through the study's sampler; fixed keys come from the base hyp."""
-    params = {}
+    params: dict[str, float | str] = {}
     for key, spec in space.genes.items():
         log = spec.scale == "log"
-        if spec.type == "int":
+        if spec.type == "choice":
+            params[key] = trial.suggest_categorical(key, spec.choices)
+        elif spec.type == "int":
             params[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=log)
         else:
             params[key] = trial.suggest_float(key, spec.low, spec.high, log=log)

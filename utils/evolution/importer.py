@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 
 from utils.errors import UserError
-from utils.evolution.sampler import IMPORTED_ATTR, cast_params
+from utils.evolution.sampler import IMPORTED_ATTR
 from utils.evolution.search_space import SearchSpace
 from utils.evolution.views import CSV_METRICS
 
@@ -24,7 +24,8 @@ def read_evolve_csv(path: Path, space: SearchSpace, meta_keys: set[str]) -> list
 
     Columns are matched by name with whitespace stripped. Every metric column is required. A column that is
     neither a metric nor a meta key is an error naming it. A meta key the hyp does not set (``anchors``) is
-    dropped, and a hyp key without a column takes the base hyp's value; both with a warning.
+    dropped, and a hyp key without a column takes the base hyp's value (a yolov5 csv has no ``optimizer``); both
+    with a warning. A choice key's cells must name one of its choices.
     """
     if not path.is_file():
         raise UserError(f"--evolve-from file not found: {path}")
@@ -49,21 +50,36 @@ def read_evolve_csv(path: Path, space: SearchSpace, meta_keys: set[str]) -> list
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: {len(row)} values for {len(header)} columns")
-        try:
-            cells = {name: float(value) for name, value in zip(header, row)}
-        except ValueError as error:
-            raise UserError(f"{path} line {line}: {error}") from None
+        cells = parse_cells(dict(zip(header, row)), space, f"{path} line {line}")
         metrics = {name: cells[name] for name in CSV_METRICS}
         hyp = {key: cells.get(key, base) for key, base in space.base_hyp.items()}
         pairs.append((metrics, hyp))
     return pairs
 
 
-def clip_to_space(hyp: dict[str, float], space: SearchSpace) -> dict[str, float]:
-    """Evolved keys clipped to the current bounds (an old run may have used other ones)."""
+def parse_cells(cells: dict[str, str], space: SearchSpace, where: str) -> dict[str, float | str]:
+    """One row's values: a choice key's cell must name one of its choices (our evolve.csv's ``optimizer``
+    column); every other cell is a number."""
+    values: dict[str, float | str] = {}
+    for name, cell in cells.items():
+        if name in space.choices:
+            if cell not in space.choices[name]:
+                raise UserError(f"{where}: {name} '{cell}' is not one of {', '.join(space.choices[name])}")
+            values[name] = cell
+            continue
+        try:
+            values[name] = float(cell)
+        except ValueError as error:
+            raise UserError(f"{where}: {error}") from None
+    return values
+
+
+def clip_to_space(hyp: dict[str, float | str], space: SearchSpace) -> dict[str, float | str]:
+    """Evolved numeric keys clipped to the current bounds (an old run may have used other ones)."""
     clipped = dict(hyp)
     for key, spec in space.genes.items():
-        clipped[key] = min(max(hyp[key], spec.low), spec.high)
+        if spec.type != "choice":
+            clipped[key] = min(max(hyp[key], spec.low), spec.high)
     return clipped
 
 
@@ -91,12 +107,17 @@ def import_evolve_csv(
             raise UserError(f"{path} line {row + 2}: fitness is not finite ({value})")
         inside = clip_to_space(hyp, space)
         clipped_rows += inside != hyp
-        params = cast_params({key: inside[key] for key in space.genes}, space.genes)
+        params = {key: spec.cast(inside[key]) for key, spec in space.genes.items()}
         trial = optuna.trial.create_trial(
             value=value,
             params=params,
             distributions=distributions,
-            user_attrs={"metrics": metrics, "hyp": inside, IMPORTED_ATTR: True, "source": f"{path.name}:{row + 2}"},
+            user_attrs={
+                "metrics": metrics,
+                "hyp": {**inside, **params},
+                IMPORTED_ATTR: True,
+                "source": f"{path.name}:{row + 2}",
+            },  # fmt: skip
         )
         study.add_trial(trial)
     if clipped_rows:

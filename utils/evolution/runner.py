@@ -83,9 +83,17 @@ def claim_child(study: optuna.Study, n: int, worker: Worker) -> optuna.Trial | N
 
 
 def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, object] | None) -> None:
-    """Record what the study searches on first use; a worker or rerun with another setup must use another name."""
+    """Record what the study searches on first use; a worker or rerun with another setup must use another name.
+
+    A setup value that is also an evolved gene (``optimizer`` with an optimizer gene) is not pinned: each child
+    carries its own.
+    """
     genes = {key: [spec.gain, spec.low, spec.high, spec.scale, spec.type] for key, spec in space.genes.items()}
-    current = {"hyp_keys": list(space.base_hyp), "search_space": genes, **(setup or {})}
+    for key, spec in space.genes.items():
+        if spec.type == "choice":
+            genes[key].append(list(spec.choices))
+    pinned = {key: value for key, value in (setup or {}).items() if key not in space.genes}
+    current = {"hyp_keys": list(space.base_hyp), "search_space": genes, **pinned}
     recorded = study.user_attrs.get(SETUP_ATTR)
     if recorded is None or not set(current) <= set(recorded):  # new, or made before some keys were recorded
         study.set_user_attr(SETUP_ATTR, {**current, **(recorded or {})})
@@ -100,7 +108,7 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
 
 def run(
     objective: Objective,
-    base_hyp: Mapping[str, float],
+    base_hyp: Mapping[str, float | str],
     meta: Mapping[str, GeneSpec | Mapping],
     n: int,
     *,
@@ -122,7 +130,8 @@ def run(
 ) -> optuna.Study:
     """Evolve ``base_hyp`` until the study holds ``n`` finished children, sharing the study with other workers.
 
-    ``objective(hyp, child)`` returns metrics by name; fitness is
+    ``base_hyp`` values are numbers, and names for the meta's choice genes (``optimizer: "SGD"``); the objective
+    gets each child's hyp the same way. ``objective(hyp, child)`` returns metrics by name; fitness is
     ``utils.evaluation.fitness.fitness(metrics, fitness_weights)``.
     Workers started with the same ``run_dir`` (journal storage) or ``storage`` URL and study name share one study;
     rerunning the same command resumes toward ``n``. Imported rows (``evolve_from``) do not count toward ``n``.
@@ -242,7 +251,7 @@ class Work:
         """Rewrite every view from the two studies, under the run lock so that writers never interleave."""
         evaluations = finished_evaluations(self.evaluations)
         with run_lock(self.run_dir):
-            write_views(self.study, self.run_dir, list(self.space.base_hyp), self.space.evolved_keys, self.plots,
+            write_views(self.study, self.run_dir, self.space.column_keys, self.space.evolved_keys, self.plots,
                         evaluations=evaluations, report=self.report(evaluations))  # fmt: skip
 
     def report(self, evaluations: list | None = None) -> TrustReport:

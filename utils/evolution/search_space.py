@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -34,6 +34,13 @@ class GeneSpec:
     type: str = "float"
     choices: tuple[str, ...] = ()
 
+    def cast(self, value: float | str) -> float | int | str:
+        """A value as the gene's distribution holds it: a whole number for int genes, a choice name for choice
+        genes (an index is mapped to its name), a float otherwise."""
+        if self.type == "choice":
+            return value if isinstance(value, str) else self.choices[int(round(value))]
+        return int(round(value)) if self.type == "int" else float(value)
+
     def distribution(self) -> BaseDistribution:
         """The Optuna distribution a sampler draws this key from."""
         if self.type == "choice":
@@ -45,25 +52,40 @@ class GeneSpec:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A validated search space: the base hyp, the evolved keys (hyp order) and their specs."""
+    """A validated search space: the base hyp, the evolved keys (hyp order) and their specs.
 
-    base_hyp: dict[str, float]
+    Values are numbers, except those of choice keys (``choices``: every hyp key whose meta entry lists choices,
+    evolved or fixed), which are choice names such as ``"AdamW"``.
+    """
+
+    base_hyp: dict[str, float | str]
     genes: dict[str, GeneSpec]
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def evolved_keys(self) -> list[str]:
         return list(self.genes)
 
+    @property
+    def column_keys(self) -> list[str]:
+        """The hyp keys in view order: the numeric keys in hyp order (yolov5's columns), then the choice keys."""
+        return [key for key in self.base_hyp if key not in self.choices] + list(self.choices)
+
     def distributions(self) -> dict[str, BaseDistribution]:
         return {key: spec.distribution() for key, spec in self.genes.items()}
 
-    def base_params(self) -> dict[str, float]:
+    def base_params(self) -> dict[str, float | str]:
         """The base hyp's values of the evolved keys (child 0)."""
         return {key: self.base_hyp[key] for key in self.genes}
 
-    def hyp_from_params(self, params: Mapping[str, float]) -> dict[str, float]:
-        """A full hyp: the base hyp with the evolved keys replaced by ``params``."""
-        return {key: float(params.get(key, value)) for key, value in self.base_hyp.items()}
+    def hyp_from_params(self, params: Mapping[str, float | str]) -> dict[str, float | str]:
+        """A full hyp: the base hyp with the evolved keys replaced by ``params`` (int genes as whole numbers, choice
+        genes as names)."""
+        hyp: dict[str, float | str] = {}
+        for key, base in self.base_hyp.items():
+            value = params.get(key, base)
+            hyp[key] = self.genes[key].cast(value) if key in self.genes else base
+        return hyp
 
 
 def parse_choice_gene(key: str, entry: Mapping, source: str) -> GeneSpec:
@@ -128,14 +150,35 @@ def load_meta(path: str | Path = DEFAULT_META) -> dict[str, GeneSpec]:
     return {str(key): parse_gene(str(key), entry, str(path)) for key, entry in content.items()}
 
 
+def base_values(hyp: Mapping[str, float | str], genes: Mapping[str, GeneSpec]) -> dict[str, float | str]:
+    """The hyp's values checked against their genes' types: choice keys name one of their choices, other keys are
+    numbers (floats). Raises one UserError naming every bad value."""
+    values: dict[str, float | str] = {}
+    bad = []
+    for key, value in hyp.items():
+        spec = genes[key]
+        if spec.type == "choice":
+            if value in spec.choices:
+                values[key] = value
+            else:
+                bad.append(f"{key}={value!r} is not one of {', '.join(spec.choices)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad.append(f"{key}={value!r} is not a number")
+        else:
+            values[key] = float(value)
+    if bad:
+        raise UserError(f"hyp values that do not fit their meta entries: {'; '.join(bad)}")
+    return values
+
+
 def validate_search_space(
-    hyp: Mapping[str, float], meta: Mapping[str, GeneSpec | Mapping], freeze: Iterable[str] = ()
+    hyp: Mapping[str, float | str], meta: Mapping[str, GeneSpec | Mapping], freeze: Iterable[str] = ()
 ) -> SearchSpace:
     """Match hyp keys and meta entries one to one; keys with gain 0 or in ``freeze`` are fixed.
 
     Raises UserError naming every hyp key without a meta entry, every meta entry without a hyp key
-    (``anchors`` may be absent from the hyp: it is then not evolved), unknown frozen keys, and base values
-    outside their bounds.
+    (``anchors`` may be absent from the hyp: it is then not evolved), unknown frozen keys, base values
+    outside their bounds, and values of the wrong kind (a choice key's value must be one of its choices).
     """
     genes = {key: spec if isinstance(spec, GeneSpec) else parse_gene(key, spec, "meta") for key, spec in meta.items()}
     no_meta = [key for key in hyp if key not in genes]
@@ -151,15 +194,16 @@ def validate_search_space(
     unknown_frozen = [key for key in freeze if key not in hyp]
     if unknown_frozen:
         raise UserError(f"--freeze-hyp names keys that are not in the hyp: {', '.join(unknown_frozen)}")
-    base_hyp = {key: float(value) for key, value in hyp.items()}
+    base_hyp = base_values(hyp, genes)
     evolved = {key: genes[key] for key in hyp if genes[key].gain > 0 and key not in freeze}
     outside = [
         f"{key}={base_hyp[key]:g} not in [{spec.low:g}, {spec.high:g}]"
         for key, spec in evolved.items()
-        if not spec.low <= base_hyp[key] <= spec.high
+        if spec.type != "choice" and not spec.low <= base_hyp[key] <= spec.high
     ]
     if outside:
         raise UserError(f"hyp values outside their meta bounds: {', '.join(outside)}")
     if not evolved:
         raise UserError("nothing to evolve: every hyp key has gain 0 or is frozen")
-    return SearchSpace(base_hyp=base_hyp, genes=evolved)
+    choices = {key: genes[key].choices for key in hyp if genes[key].type == "choice"}
+    return SearchSpace(base_hyp=base_hyp, genes=evolved, choices=choices)

@@ -16,7 +16,7 @@ from utils.evolution.options import EvolveOptions
 from utils.evolution.runner import run
 from utils.evolution.search_space import GeneSpec
 from utils.evolution.storage import check_storage
-from utils.training.hyp import HYP_RANGES
+from utils.training.hyp import HYP_CHOICES, HYP_RANGES, split_choices
 from utils.training.options import TrainOptions
 
 LOGGER = logging.getLogger(__name__)
@@ -45,6 +45,36 @@ def check_meta_ranges(meta: Mapping[str, GeneSpec]) -> None:
             )
 
 
+def check_meta_choices(meta: Mapping[str, GeneSpec]) -> None:
+    """Refuse choice genes training cannot use: only the keys in ``HYP_CHOICES`` (the optimizer), with its names."""
+    for key, spec in meta.items():
+        if spec.type != "choice":
+            continue
+        if key not in HYP_CHOICES:
+            raise UserError(f"meta entry '{key}': training has no choice named {key} (choice genes: "
+                            f"{', '.join(HYP_CHOICES)})")  # fmt: skip
+        unknown = [name for name in spec.choices if name not in HYP_CHOICES[key]]
+        if unknown:
+            raise UserError(f"meta entry '{key}': unknown choice(s) {', '.join(unknown)} (valid: "
+                            f"{', '.join(HYP_CHOICES[key])})")  # fmt: skip
+
+
+def base_hyp_for(meta: Mapping[str, GeneSpec], job: TrainingJob) -> dict[str, float | str]:
+    """The hyp the study starts from: with an optimizer gene in the meta, the base child's optimizer is the run's
+    (--optimizer, or the one the hyp file names)."""
+    return {**job.base_hyp, "optimizer": job.options.optimizer} if "optimizer" in meta else dict(job.base_hyp)
+
+
+def child_options(options: TrainOptions, hyp: Mapping[str, float | str]) -> tuple[dict[str, float], TrainOptions]:
+    """(training's numeric hyp, the options) of one child: a choice gene in ``hyp`` (the optimizer) moves into the
+    options, and into the options recorded with its files."""
+    numbers, choices = split_choices(dict(hyp))
+    if "optimizer" in choices:
+        record = {**options.outputs.record, "optimizer": choices["optimizer"]}
+        options = dataclasses.replace(options.with_outputs(record=record), optimizer=choices["optimizer"])
+    return numbers, options
+
+
 def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
     from utils.data.prepared import prepare_data
@@ -56,6 +86,7 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     if job.options.resume:
         raise UserError("--evolve resumes by rerunning the same command; drop --resume")
     check_meta_ranges(evolution.meta)
+    check_meta_choices(evolution.meta)
     check_storage(evolution.run_dir, evolution.storage)
     if job.options.weights:
         load_checkpoint(job.options.weights)  # a missing or corrupt file fails now, not after the dataset scan
@@ -70,20 +101,22 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     fitted_anchors: FittedAnchors = {}  # AutoAnchor once per anchor setting, for every child of this worker
     check_run(job.base_hyp, base_options, data, fitted_anchors)  # a bad flag fails once, not in every child
 
-    def objective(hyp: dict[str, float], child: ChildContext) -> dict[str, float]:
+    def objective(hyp: dict[str, float | str], child: ChildContext) -> dict[str, float]:
         # Every child trains with the same seed (common random numbers: the same batches and augmentation draws),
         # so fitness differences come from the hyp rather than from luck; the mutation itself uses child.seed.
         # Repeats train with other seeds (the noise) and fidelity runs longer (child.train_seed, child.epochs).
         # Like yolov5, children validate only their final epoch, unless pruning needs a fitness every epoch.
-        options = base_options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
+        numbers, options = child_options(base_options, hyp)
+        options = options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
         options = dataclasses.replace(options, validate_every_epoch=evolution.prune, seed=child.train_seed,
                                       epochs=child.epochs or base_options.epochs)  # fmt: skip
         report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if evolution.prune else None
-        return train(hyp, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
+        return train(numbers, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
 
     try:
         run(
-            objective, job.base_hyp, fitness_weights=job.options.fitness_weights, setup=dict(job.setup),
+            objective, base_hyp_for(evolution.meta, job), fitness_weights=job.options.fitness_weights,
+            setup=dict(job.setup),
             **evolution.run_arguments(),
         )  # fmt: skip
     except KeyboardInterrupt:

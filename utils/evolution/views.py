@@ -49,13 +49,14 @@ def csv_header(hyp_keys: Sequence[str]) -> str:
     return format_header((*CSV_METRICS, *hyp_keys))
 
 
-def csv_row(metrics: dict[str, float], hyp: dict[str, float], hyp_keys: Sequence[str]) -> str:
+def csv_row(metrics: dict[str, float], hyp: dict[str, float | str], hyp_keys: Sequence[str]) -> str:
     values = [metrics.get(name, math.nan) for name in CSV_METRICS] + [hyp.get(key, math.nan) for key in hyp_keys]
     return format_row(values)
 
 
 def render_csv(children: Sequence[FrozenTrial], hyp_keys: Sequence[str]) -> str:
-    """evolve.csv text: one header, then one row per completed child."""
+    """evolve.csv text: one header, then one row per completed child. ``hyp_keys`` in column order: the numeric
+    keys first (yolov5's columns), then choice keys such as ``optimizer``, whose cells are names."""
     lines = [csv_header(hyp_keys)]
     lines += [csv_row(child.user_attrs.get("metrics", {}), child.user_attrs["hyp"], hyp_keys) for child in children]
     return "\n".join(lines) + "\n"

@@ -50,7 +50,10 @@ def new_figure(rows: int, columns: int, panel_size: float) -> tuple[object, obje
 
 
 def plot_evolve(children: Sequence[FrozenTrial], keys: Sequence[str], path: Path) -> None:
-    """One scatter per evolved key: value on x, fitness on y, coloured by density; the best child is a star."""
+    """One panel per evolved key: value on x, fitness on y, coloured by density; the best child is a star.
+
+    A key whose values are names (a choice gene such as ``optimizer``) gets a strip per name with its median.
+    """
     import matplotlib.pyplot as plt
 
     fitness = np.array([child.value for child in children], dtype=float)
@@ -58,7 +61,11 @@ def plot_evolve(children: Sequence[FrozenTrial], keys: Sequence[str], path: Path
     rows, columns = grid_shape(len(keys))
     figure, axes = new_figure(rows, columns, panel_size=2.5)
     for panel, key in zip(axes.flat, keys):
-        values = np.array([child.user_attrs["hyp"].get(key, math.nan) for child in children], dtype=float)
+        raw = [child.user_attrs["hyp"].get(key, math.nan) for child in children]
+        if any(isinstance(value, str) for value in raw):
+            draw_choice_panel(panel, key, [str(value) for value in raw], fitness, best)
+            continue
+        values = np.array(raw, dtype=float)
         panel.scatter(values, fitness, c=point_density(values, fitness), cmap="viridis", s=12, alpha=0.8)
         panel.plot(values[best], fitness[best], "k*", markersize=12)
         panel.set_title(f"{key} = {values[best]:.3g}", fontsize=9)
@@ -69,6 +76,22 @@ def plot_evolve(children: Sequence[FrozenTrial], keys: Sequence[str], path: Path
     figure.subplots_adjust(left=0.06, right=0.98, bottom=0.05, top=0.95, hspace=0.45, wspace=0.35)
     save_figure(figure, path)
     plt.close(figure)
+
+
+def draw_choice_panel(panel: object, key: str, names: Sequence[str], fitness: np.ndarray, best: int) -> None:
+    """Fitness per choice: each child a dot, jittered within its choice's strip, a bar at each choice's median."""
+    categories = sorted(set(names))
+    position = np.array([categories.index(name) for name in names], dtype=float)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(names))  # fixed: the same study draws the same png
+    panel.scatter(position + jitter, fitness, s=12, alpha=0.8)
+    for index in range(len(categories)):
+        median = float(np.median(fitness[position == index]))
+        panel.plot([index - 0.3, index + 0.3], [median, median], color="k", linewidth=1)
+    panel.plot(position[best] + jitter[best], fitness[best], "k*", markersize=12)
+    panel.set_xticks(range(len(categories)), categories)
+    panel.set_xlim(-0.5, len(categories) - 0.5)
+    panel.set_title(f"{key} = {names[best]}", fontsize=9)
+    panel.tick_params(labelsize=7)
 
 
 def plot_fitness(trials: Sequence[FrozenTrial], path: Path, overlay: NoiseOverlay | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Hyperparameter files: load a hyp yaml into a plain, validated ``dict[str, float]``."""
+"""Hyperparameter files: a hyp yaml as a plain, validated ``dict[str, float]``, and the optimizer it may name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from utils.errors import UserError
-from utils.training.optim import fit_learning_rate, nominal_accumulation, scaled_weight_decay
+from utils.training.optim import OPTIMIZERS, fit_learning_rate, nominal_accumulation, scaled_weight_decay
 
 ROOT = Path(__file__).resolve().parents[2]
 HYP_DIR = ROOT / "data" / "hyps"
@@ -85,6 +85,19 @@ HYP_RANGES: dict[str, Range] = {
 }
 
 
+# Hyp-file keys that name a choice rather than a number, with the names each may take. A hyp_evolve.yaml written by
+# an evolution that evolved the optimizer (a choice gene) names the optimizer its best child trained with.
+HYP_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS}
+
+
+@dataclass(frozen=True)
+class HypFile:
+    """A hyp yaml: its numbers (training's plain hyp) and the choices it names, such as ``{"optimizer": "AdamW"}``."""
+
+    hyp: dict[str, float]
+    choices: dict[str, str]
+
+
 def resolve_hyp_path(path: str | Path) -> Path:
     """Find a hyp file as given, or by name in data/hyps/ (``hyp.scratch-high.yaml``)."""
     candidate = Path(path)
@@ -95,7 +108,13 @@ def resolve_hyp_path(path: str | Path) -> Path:
 
 
 def load_hyp(path: str | Path = DEFAULT_HYP) -> dict[str, float]:
-    """Load and check a hyp yaml: every required key present and every value a finite number."""
+    """Load and check a hyp yaml: every required key present and every value a finite number. A choice the file
+    names (``optimizer: AdamW``) is not part of the hyp: ``read_hyp_file`` returns it."""
+    return read_hyp_file(path).hyp
+
+
+def read_hyp_file(path: str | Path = DEFAULT_HYP) -> HypFile:
+    """Load and check a hyp yaml: its numbers as ``load_hyp`` does, and the choices in ``HYP_CHOICES`` it names."""
     resolved = resolve_hyp_path(path)
     try:
         content = yaml.safe_load(resolved.read_text())
@@ -105,7 +124,22 @@ def load_hyp(path: str | Path = DEFAULT_HYP) -> dict[str, float]:
         raise UserError(f"{resolved}{where}: not valid yaml ({getattr(error, 'problem', error)})") from None
     if not isinstance(content, dict):
         raise UserError(f"{resolved}: expected a mapping of hyperparameter names to numbers")
-    return check_hyp(content, source=str(resolved))
+    numbers, choices = split_choices(content, source=str(resolved))
+    return HypFile(check_hyp(numbers, source=str(resolved)), choices)
+
+
+def split_choices(content: dict, source: str = "hyp") -> tuple[dict, dict[str, str]]:
+    """(the mapping without its ``HYP_CHOICES`` keys, those keys' names in their canonical spelling); a name that
+    is not one of its key's choices is a UserError."""
+    numbers = {key: value for key, value in content.items() if key not in HYP_CHOICES}
+    choices = {}
+    for key in HYP_CHOICES.keys() & content.keys():
+        value = content[key]
+        spelled = next((name for name in HYP_CHOICES[key] if str(value).lower() == name.lower()), None)
+        if not isinstance(value, str) or spelled is None:
+            raise UserError(f"{source}: '{key}' must be one of {', '.join(HYP_CHOICES[key])}, got {value!r}")
+        choices[key] = spelled
+    return numbers, choices
 
 
 def check_hyp(content: dict, source: str = "hyp") -> dict[str, float]:
