@@ -177,7 +177,7 @@ def main() -> None:
     shapes, samplers = args.shapes.split(","), args.samplers.split(",")
     budgets = [k for k in BUDGETS if k <= args.children] or [args.children]
     base = space().base_hyp
-    print(f"base hyp true fitness: " + ", ".join(f"{shape} {true_fitness(shape, base):.3f}" for shape in shapes))
+    print("base hyp true fitness: " + ", ".join(f"{shape} {true_fitness(shape, base):.3f}" for shape in shapes))
     print(f"optimum {OPTIMUM}; noise sd {NOISE_SD}; {len(space().genes)} evolved keys; {args.seeds} seeds")
     print("cells: median [25th, 75th percentile] of the true fitness of the noisily-best child after k children")
     jobs = []
