@@ -68,6 +68,30 @@ def test_evolve_flags_build_evolve_options():
     assert other.run_dir == Path("elsewhere") / "e", "an explicit --project is used as given"
 
 
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        ((), "none"),
+        (("--prune",), "median"),
+        (("--prune", "halving"), "halving"),
+        (("--prune", "hyperband"), "hyperband"),
+        (("--prune", "none"), "none"),
+        (("--prune", "--evolve", "5"), "median"),
+    ],
+)
+def test_prune_takes_a_pruner_name_and_bare_means_median(flags: tuple[str, ...], name: str) -> None:
+    args = parse("--evolve", "3", *flags)
+    assert cli.build_evolve_options(args).prune == name
+
+
+def test_an_unknown_pruner_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_parser().parse_args(["--prune", "asha"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--prune" in lines[0] and "asha" in lines[0] and "hyperband" in lines[0]
+
+
 def test_bad_choice_is_one_error_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.train_parser().parse_args(["--sampler", "nsga"])

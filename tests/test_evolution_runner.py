@@ -102,7 +102,7 @@ def test_pruning_keeps_pruned_children_out_of_the_csv(tmp_path):
             child.report(epoch, start + 0.01 * epoch)
         return metrics
 
-    study = run(reporting, load_hyp(), load_meta(), 8, run_dir=tmp_path, prune=True, plots=False)
+    study = run(reporting, load_hyp(), load_meta(), 8, run_dir=tmp_path, prune="median", plots=False)
     states = [trial.state for trial in study.trials]
     assert states[:5] == [TrialState.COMPLETE] * 5 and TrialState.PRUNED in states[5:]
     completed = states.count(TrialState.COMPLETE)

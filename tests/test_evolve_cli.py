@@ -94,3 +94,20 @@ def test_ctrl_c_says_how_to_continue(tiny_dataset, tmp_path):
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 130 and "Traceback" not in err
     assert "rerun the same command to continue" in out
+
+
+def test_evolve_with_halving_reports_epochs_trained_as_steps(tiny_dataset, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    result = run_evolve(tiny_dataset, tmp_path, 3, "--epochs", "2", "--prune", "halving", "--confirm", "0",
+                        "--confirm-seeds", "0")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "evo" / "study.journal")))
+    study = optuna.load_study(study_name="evo", storage=storage)
+    assert study.user_attrs["setup"]["pruner"] == "halving"
+    for trial in study.trials:
+        assert set(trial.intermediate_values) <= {1, 2} and 1 in trial.intermediate_values, "step = epochs trained"
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(csv_rows(tmp_path / "evo" / "evolve.csv")) == 1 + len(completed)

@@ -16,6 +16,7 @@ from utils.errors import USER_ERROR_EXIT_CODE, UserError
 from utils.evaluation.fitness import parse_fitness_weights
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
+from utils.evolution.pruning import DEFAULT_PRUNER, PRUNERS
 from utils.evolution.sampler import PARENT_SELECTIONS, SAMPLERS
 from utils.evolution.search_space import DEFAULT_META, load_meta
 from utils.training.hyp import DEFAULT_HYP, read_hyp_file
@@ -157,7 +158,15 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--storage", type=str, default=None, help="study database URL (postgresql://...); default: journal file"
     )
     group.add_argument("--evolve-from", type=Path, default=None, help="import a yolov5 evolve.csv as finished children")
-    group.add_argument("--prune", action="store_true", help="stop children that lag the median early")
+    group.add_argument(
+        "--prune",
+        nargs="?",
+        const=DEFAULT_PRUNER,
+        default="none",
+        choices=PRUNERS,
+        metavar="NAME",
+        help=f"stop lagging children early: {', '.join(PRUNERS)} (bare flag: {DEFAULT_PRUNER})",
+    )
     group.add_argument("--save-children", action="store_true", help="keep every child's files under children/")
     group.add_argument(
         "--parent-selection",

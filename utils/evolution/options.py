@@ -22,7 +22,7 @@ class EvolveOptions:
     sampler: str = "ga"
     seed: int = 0
     freeze: tuple[str, ...] = ()
-    prune: bool = False
+    prune: str = "none"  # a name of utils.evolution.pruning.PRUNERS
     evolve_from: Path | None = None  # a yolov5 evolve.csv to import as finished children
     parent_selection: str = "single"
     save_children: bool = False

@@ -25,6 +25,7 @@ from utils.evolution.evaluations import (
     planned_tasks,
 )
 from utils.evolution.importer import import_evolve_csv
+from utils.evolution.pruning import build_pruner, pruner_name
 from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, quiet_optuna
 from utils.evolution.search_space import GeneSpec, SearchSpace, validate_search_space
 from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children, open_study, run_lock
@@ -118,7 +119,8 @@ def run(
     sampler: str = "ga",
     seed: int = 0,
     freeze: Iterable[str] = (),
-    prune: bool = False,
+    prune: str | optuna.pruners.BasePruner = "none",
+    steps: int | None = None,
     evolve_from: str | Path | None = None,
     fitness_weights: Mapping[str, float] | None = None,
     parent_selection: str = "single",
@@ -140,6 +142,9 @@ def run(
     ``trust`` (default ``TrustPlan()``) adds the extra evaluations that measure noise, confirm the winner and check
     fidelity; they do not count toward ``n``. A worker with nothing left to claim waits (``poll_seconds``) while
     other workers still run children or evaluations, so that every worker ends with the same verdict.
+    ``prune`` names a pruner of ``utils.evolution.pruning.PRUNERS`` (or is an Optuna pruner) that judges what the
+    objective reports with ``child.report(step, fitness)``; ``steps`` is the last step a child reports (its
+    epochs), which ``hyperband`` needs. Pruned children count toward ``n`` but are never rows of evolve.csv.
     """
     if n < 1:
         raise UserError(f"--evolve needs a number of children >= 1 (got {n})")
@@ -147,14 +152,14 @@ def run(
     run_dir = make_folder(Path(run_dir))
     quiet_optuna()
     score = functools.partial(compute_fitness, weights=fitness_weights)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
+    pruner = build_pruner(prune, steps) if isinstance(prune, str) else prune
     with run_lock(run_dir):
         search = build_sampler(sampler, space, seed, parent_selection)
         study = open_study(run_dir, storage, study_name or run_dir.name, search, pruner)
         # The seed and the seeds per confirmation define which runs are "fresh": every worker must share them.
-        check_setup(
-            study, space, {**(setup or {}), "seed": seed, "confirm_seeds": (trust or TrustPlan()).confirm_seeds}
-        )
+        # So must the pruner: halving and hyperband record rung results on the children that another rule misreads.
+        shared = {"seed": seed, "confirm_seeds": (trust or TrustPlan()).confirm_seeds, "pruner": pruner_name(prune)}
+        check_setup(study, space, {**(setup or {}), **shared})
         if evolve_from is not None:
             import_evolve_csv(study, Path(evolve_from), space, set(meta) | set(space.base_hyp), score)
     work = Work(study, evaluation_study(study), space, objective, score, seed, run_dir, save_children, n,

@@ -101,6 +101,8 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     fitted_anchors: FittedAnchors = {}  # AutoAnchor once per anchor setting, for every child of this worker
     check_run(job.base_hyp, base_options, data, fitted_anchors)  # a bad flag fails once, not in every child
 
+    pruning = evolution.prune != "none"
+
     def objective(hyp: dict[str, float | str], child: ChildContext) -> dict[str, float]:
         # Every child trains with the same seed (common random numbers: the same batches and augmentation draws),
         # so fitness differences come from the hyp rather than from luck; the mutation itself uses child.seed.
@@ -108,15 +110,17 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         # Like yolov5, children validate only their final epoch, unless pruning needs a fitness every epoch.
         numbers, options = child_options(base_options, hyp)
         options = options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
-        options = dataclasses.replace(options, validate_every_epoch=evolution.prune, seed=child.train_seed,
+        options = dataclasses.replace(options, validate_every_epoch=pruning, seed=child.train_seed,
                                       epochs=child.epochs or base_options.epochs)  # fmt: skip
-        report = (lambda epoch, metrics: child.report(epoch, metrics["fitness"])) if evolution.prune else None
+        # The step is the number of epochs trained, the unit of the pruners' rungs (utils/evolution/pruning.py).
+        report = (lambda epoch, metrics: child.report(epoch + 1, metrics["fitness"])) if pruning else None
         return train(numbers, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
 
     try:
         run(
             objective, base_hyp_for(evolution.meta, job), fitness_weights=job.options.fitness_weights,
             setup=dict(job.setup),
+            steps=job.options.epochs,
             **evolution.run_arguments(),
         )  # fmt: skip
     except KeyboardInterrupt:
