@@ -14,11 +14,14 @@ from utils.evolution.sampler import (
     ScreenedGeneticSampler,
     build_sampler,
     child_rng,
+    from_unit,
     mutate,
     quiet_optuna,
+    subspace_move,
+    to_unit,
 )
 from utils.evolution.search_space import GeneSpec, SearchSpace, load_meta, validate_search_space
-from utils.evolution.surrogate import GaussianProcess, expected_improvement
+from utils.evolution.surrogate import GaussianProcess, ParzenScreen, expected_improvement
 from utils.training.hyp import load_hyp
 
 
@@ -144,3 +147,32 @@ def test_every_sampler_draws_choice_genes(name):
     choices = [trial.params["optimizer"] for trial in study.trials]
     assert choices[0] == "SGD"  # child 0 is the base
     assert set(choices) >= {"SGD", "AdamW"}
+
+
+def test_parzen_draws_stay_on_the_unit_cube_near_the_best_children():
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4))
+    y = -np.abs(x[:, 0] - 0.8)  # the best children have x0 near 0.8
+    draws = ParzenScreen.fit(x, y).sample(500, np.random.default_rng(1))
+    assert draws.shape == (500, 4) and np.all((draws >= 0) & (draws <= 1))
+    assert abs(np.median(draws[:, 0]) - 0.8) < 0.1
+    assert abs(np.median(draws[:, 1]) - 0.8) > abs(np.median(draws[:, 0]) - 0.8)
+
+
+def test_subspace_moves_change_a_few_relevant_genes(space):
+    specs = list(space.genes.values())
+    parent = np.array([space.base_hyp[key] for key in space.genes])
+    relevance = np.zeros(len(specs))
+    relevance[[0, 3]] = 0.5  # only genes 0 and 3 matter
+    for index in range(30):
+        child = subspace_move(parent, specs, child_rng(0, index), relevance)
+        changed = set(np.flatnonzero(child != parent))
+        assert changed <= {0, 3}
+        assert all(spec.low <= value <= spec.high for value, spec in zip(child, specs))
+
+
+@pytest.mark.parametrize("key", ["lr0", "momentum", "mixup"])
+def test_unit_coordinates_round_trip(space, key):
+    spec = space.genes[key]
+    for position in (0.0, 0.37, 1.0):
+        assert to_unit(from_unit(position, spec), spec) == pytest.approx(position, abs=1e-4)

@@ -22,13 +22,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import UserError
 from utils.evolution.search_space import GeneSpec, SearchSpace
-from utils.evolution.surrogate import GaussianProcess, expected_improvement
+from utils.evolution.surrogate import GaussianProcess, ParzenScreen, expected_improvement
 
 SAMPLERS = ("ga", "classic", "tpe", "cmaes", "random")
 STARTUP_CHILDREN = 10  # completed children before the model screens proposals (classic moves until then)
 POOL_SIZE = 500  # proposals screened per child
-# (kind, share of the pool): yolov5's mutation, a 4x smaller and a 3x larger step, crossover then mutation, uniform.
-POOL_SHARES = (("mutation", 0.4), ("small", 0.15), ("large", 0.15), ("crossover", 0.2), ("uniform", 0.1))
+# (kind, share of the pool): yolov5's mutation, a 4x smaller and a 3x larger step, crossover then mutation, a
+# change of the few genes the model finds relevant, uniform draws.
+POOL_SHARES = (
+    ("mutation", 0.3),
+    ("small", 0.1),
+    ("large", 0.1),
+    ("crossover", 0.15),
+    ("subspace", 0.3),
+    ("uniform", 0.05),
+)
+SUBSPACE_MAX_GENES = 3
+PARZEN_PROPOSALS = 250  # and TPE-style draws from the density of the best children
+SUBSPACE_STEP = 0.1
+FIT_MAX = 120  # the model's hyperparameters are fitted on at most this many (the best) children
 REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
 PARENT_SELECTIONS = ("single", "weighted")
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
@@ -266,7 +278,10 @@ class ScreenedGeneticSampler(GeneticSampler):
         fitted_mean, _ = model.predict(x)
         order = np.argsort(-fitted_mean, kind="stable")[:TOP_PARENTS]
         parents = np.array([self.vector(completed[index]) for index in order])
-        pool, origins = self.proposals(parents, fitted_mean[order], specs, rng)
+        pool, origins = self.proposals(parents, fitted_mean[order], specs, rng, self.relevance(model))
+        for position in ParzenScreen.fit(x, y).sample(PARZEN_PROPOSALS, rng):
+            pool.append(self.from_unit_vector(position))
+            origins.append([])
         running = [
             other for other in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if other.number != trial.number and set(genes) <= set(other.params)
@@ -284,8 +299,24 @@ class ScreenedGeneticSampler(GeneticSampler):
         }
         return cast_params(dict(zip(genes, pool[best])), genes)
 
+    def relevance(self, model: GaussianProcess) -> np.ndarray:
+        """How much each gene matters to the model (1 / length scale squared; a choice gene by its shortest
+        column), normalised to sum to 1."""
+        inverse, column = [], 0
+        for spec in self.space.genes.values():
+            width = len(spec.choices) if spec.type == "choice" else 1
+            inverse.append(float((1.0 / model.lengths[column : column + width] ** 2).max()))
+            column += width
+        inverse = np.array(inverse)
+        return inverse / inverse.sum()
+
     def proposals(
-        self, parents: np.ndarray, fitness: np.ndarray, specs: list[GeneSpec], rng: np.random.Generator
+        self,
+        parents: np.ndarray,
+        fitness: np.ndarray,
+        specs: list[GeneSpec],
+        rng: np.random.Generator,
+        relevance: np.ndarray,
     ) -> tuple[list[np.ndarray], list[list[int]]]:
         """The candidate pool and, for each candidate, the positions of its parents among ``parents``."""
         weights = fitness - fitness.min() + 1e-6
@@ -304,6 +335,10 @@ class ScreenedGeneticSampler(GeneticSampler):
                     origins.append([])
                     continue
                 parent, used = parents[first], [first]
+                if kind == "subspace":
+                    pool.append(subspace_move(parent, specs, rng, relevance))
+                    origins.append(used)
+                    continue
                 if kind == "crossover":
                     second = int(rng.choice(len(parents), p=weights))
                     parent, used = crossover(parent, parents[second], rng), sorted({first, second})
@@ -320,9 +355,23 @@ class ScreenedGeneticSampler(GeneticSampler):
         order = np.argsort([child.number for child in completed], kind="stable")[:size]
         key = tuple(sorted(completed[index].number for index in order))
         if key not in self._fits:
+            order = order[np.argsort(-y[order], kind="stable")[:FIT_MAX]]  # the best, where precision matters
             self._fits = {key: GaussianProcess.fit(x[order], y[order])}
         fitted = self._fits[key]
         return GaussianProcess.condition(x, y, fitted.lengths, fitted.signal, fitted.noise)
+
+    def from_unit_vector(self, position: np.ndarray) -> np.ndarray:
+        """The inverse of ``unit`` for a point on the unit cube (a choice gene takes its largest column)."""
+        genes, column = [], 0
+        for spec in self.space.genes.values():
+            if spec.type == "choice":
+                width = len(spec.choices)
+                genes.append(float(np.argmax(position[column : column + width])))
+                column += width
+            else:
+                genes.append(from_unit(float(position[column]), spec))
+                column += 1
+        return np.array(genes)
 
     def vector(self, trial: FrozenTrial) -> np.ndarray:
         return np.array([self.gene_value(trial, key) for key in self.space.genes])
@@ -333,11 +382,44 @@ class ScreenedGeneticSampler(GeneticSampler):
         for value, spec in zip(vector, self.space.genes.values()):
             if spec.type == "choice":
                 columns.extend(float(int(round(value)) == index) for index in range(len(spec.choices)))
-            elif spec.scale == "log":
-                columns.append(math.log(value / spec.low) / math.log(spec.high / spec.low))
             else:
-                columns.append((value - spec.low) / (spec.high - spec.low) if spec.high > spec.low else 0.0)
+                columns.append(to_unit(value, spec))
         return np.array(columns)
+
+
+def subspace_move(
+    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, relevance: np.ndarray
+) -> np.ndarray:
+    """Change 1 to 3 genes, drawn by relevance: each to a uniform value or by a step of 0.1 of its range (on its
+    search scale); the rest stay. Where the model has learnt which keys matter, this searches them directly."""
+    child = parent.copy()
+    count = min(int(rng.integers(1, SUBSPACE_MAX_GENES + 1)), int((relevance > 0).sum()))
+    for index in rng.choice(len(specs), size=count, replace=False, p=relevance):
+        spec = specs[index]
+        if rng.random() < 0.5:
+            position = rng.random()
+        else:
+            position = float(np.clip(to_unit(parent[index], spec) + rng.normal(0.0, SUBSPACE_STEP), 0.0, 1.0))
+        child[index] = from_unit(position, spec)
+    return child
+
+
+def to_unit(value: float, spec: GeneSpec) -> float:
+    """A gene's value on [0, 1] of its bounds, on its search scale (log for log genes)."""
+    if spec.high <= spec.low:
+        return 0.0
+    if spec.scale == "log":
+        return math.log(value / spec.low) / math.log(spec.high / spec.low)
+    return (value - spec.low) / (spec.high - spec.low)
+
+
+def from_unit(position: float, spec: GeneSpec) -> float:
+    """The inverse of ``to_unit``, snapped like a mutation (5 significant digits, whole numbers for int/choice)."""
+    if spec.scale == "log":
+        value = spec.low * (spec.high / spec.low) ** position
+    else:
+        value = spec.low + position * (spec.high - spec.low)
+    return min(max(decode_number(value, spec), spec.low), spec.high)
 
 
 def decode_number(value: float, spec: GeneSpec) -> float:
