@@ -153,7 +153,13 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     group.add_argument(
         "--freeze-hyp", type=str, default="", metavar="K1,K2", help="hyp keys to keep fixed while evolving"
     )
-    group.add_argument("--sampler", choices=SAMPLERS, default="ga", help="search algorithm (ga = yolov5 mutation)")
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="ga",
+        help="search algorithm: ga (yolov5 moves screened by a model of the finished children), classic (yolov5's "
+        "exact rule), tpe, cmaes, random",
+    )
     group.add_argument(
         "--storage", type=str, default=None, help="study database URL (postgresql://...); default: journal file"
     )
