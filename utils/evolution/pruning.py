@@ -3,7 +3,8 @@
 A child reports ``child.report(step, fitness)`` with ``step`` = epochs trained so far (1, 2, ... ``steps``).
 ``median`` stops a child whose fitness lags the median of earlier children at the same step; ``halving``
 (successive halving) and ``hyperband`` let only the best 1/``reduction_factor`` of the children that reached a rung
-(``min_epochs``, ``min_epochs`` x factor, ...) train on. Defaults are measured by ``benchmarks/evolve_pruning.py``.
+(``first_rung`` epochs, ``first_rung`` x factor, ...) train on. ``benchmarks/evolve_pruning.py`` measured the
+defaults.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ PRUNERS = ("none", "median", "halving", "hyperband")
 DEFAULT_PRUNER = "median"  # bare --prune, as before the names existed
 MEDIAN_STARTUP_CHILDREN = 5  # children that always finish before the median judges anyone
 MEDIAN_WARMUP_EPOCHS = 2  # the first epoch is never judged: its fitness says little
-HALVING_MIN_EPOCHS = 1
-HALVING_REDUCTION_FACTOR = 3
+FIRST_RUNG_EPOCHS = 1  # halving and hyperband: the first rung; the next ones are x REDUCTION_FACTOR
+REDUCTION_FACTOR = 3  # the best 1/3 at a rung train on
 
 
 class ChildPruner(BasePruner):
@@ -46,8 +47,8 @@ def build_pruner(
     name: str,
     steps: int | None = None,
     *,
-    min_epochs: int = HALVING_MIN_EPOCHS,
-    reduction_factor: int = HALVING_REDUCTION_FACTOR,
+    first_rung: int = FIRST_RUNG_EPOCHS,
+    reduction_factor: int = REDUCTION_FACTOR,
 ) -> BasePruner:
     """The pruner called ``name`` (one of ``PRUNERS``) for children that report steps 1 to ``steps`` (epochs).
 
@@ -59,9 +60,9 @@ def build_pruner(
     if name == "median":
         pruner = MedianPruner(n_startup_trials=MEDIAN_STARTUP_CHILDREN, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
     elif name == "halving":
-        pruner = SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
+        pruner = SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=reduction_factor)
     elif name == "hyperband":
-        pruner = HyperbandPruner(min_epochs, steps if steps is not None else "auto", reduction_factor)
+        pruner = HyperbandPruner(first_rung, steps if steps is not None else "auto", reduction_factor)
     else:
         raise ValueError(f"pruner must be one of {PRUNERS}, got {name!r}")
     return ChildPruner(pruner, steps)
