@@ -124,3 +124,39 @@ def test_every_name_builds(name):
     assert isinstance(build_pruner(name, STEPS), optuna.pruners.BasePruner)
     with pytest.raises(ValueError, match="pruner must be one of"):
         build_pruner("asha", STEPS)
+
+
+def test_an_evaluation_the_objective_stops_is_given_up_not_retried_forever(tmp_path):
+    """An objective that raises TrialPruned in a repeat (not the pruner's doing) must not loop: the repeat is given up
+    after two tries, like a failing one, and the evolution ends."""
+    attempts = []
+
+    def stops_repeats(hyp, child):
+        if child.train_seed != 0:
+            attempts.append(child.index)
+            raise optuna.TrialPruned("the objective stopped this repeat")
+        return rising(hyp, child)
+
+    run(stops_repeats, load_hyp(), load_meta(), 3, run_dir=tmp_path, plots=False,
+        trust=TrustPlan(confirm=1, confirm_seeds=1), poll_seconds=0.01)  # fmt: skip
+    assert 0 < len(attempts) <= 4  # each planned repeat tried at most twice
+
+
+def test_the_default_sampler_learns_from_pruned_children(tmp_path, monkeypatch):
+    """The ga's model sees pruned children (at the lowest completed fitness), so it stops proposing where children
+    get pruned."""
+    from utils.evolution import surrogate
+
+    sizes = []
+    condition = surrogate.GaussianProcess.condition.__func__
+
+    def counting(cls, x, y, *args):
+        sizes.append((len(x), float(min(y))))
+        return condition(cls, x, y, *args)
+
+    monkeypatch.setattr(surrogate.GaussianProcess, "condition", classmethod(counting))
+    study = evolve(tmp_path, "halving", n=45, sampler="ga")
+    pruned = [trial for trial in study.trials if trial.state == TrialState.PRUNED]
+    assert pruned
+    completed = sum(trial.state == TrialState.COMPLETE for trial in study.trials)
+    assert max(size for size, _ in sizes) > completed  # more rows than completed children: the pruned ones

@@ -229,11 +229,13 @@ class Work:
 
     def given_up(self) -> set[Task]:
         """Evaluations whose objective failed twice (a run that keeps failing, say out of memory at full length).
+        An objective that stops an evaluation itself (raises ``optuna.TrialPruned``) counts as failing it.
         Interrupted runs and runs of dead workers do not count: rerunning the command retries them."""
+        states = (TrialState.FAIL, TrialState.PRUNED)
         failures = Counter(
             Task.of(trial)
-            for trial in self.evaluations.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if is_objective_failure(trial)
+            for trial in self.evaluations.get_trials(deepcopy=False, states=states)
+            if trial.state == TrialState.PRUNED or is_objective_failure(trial)
         )
         return {task for task, count in failures.items() if count >= MAX_TASK_FAILURES}
 

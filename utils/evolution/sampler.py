@@ -277,6 +277,14 @@ class ScreenedGeneticSampler(GeneticSampler):
         model = self.model(completed, x, y)
         fitted_mean, _ = model.predict(x)
         order = np.argsort(-fitted_mean, kind="stable")[:TOP_PARENTS]
+        # Pruned children lagged their peers: the model sees them at the lowest completed fitness, so that it stops
+        # proposing where children get pruned. They are never parents.
+        pruned = [child for child in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                  if set(genes) <= set(child.params)]  # fmt: skip
+        if pruned:
+            x = np.concatenate([x, [self.unit(self.vector(child)) for child in pruned]])
+            y = np.concatenate([y, np.full(len(pruned), y.min())])
+            model = GaussianProcess.condition(x, y, model.lengths, model.signal, model.noise)
         parents = np.array([self.vector(completed[index]) for index in order])
         pool, origins = self.proposals(parents, fitted_mean[order], specs, rng, self.relevance(model))
         for position in ParzenScreen.fit(x, y).sample(PARZEN_PROPOSALS, rng):
