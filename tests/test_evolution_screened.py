@@ -99,7 +99,7 @@ def test_screening_beats_plain_mutation_on_a_smooth_objective(space):
     """Same budget, same seeds: the model-screened children reach a better best child than classic moves."""
 
     def best(name, seed):
-        return evolve(build_sampler(name, space, seed=seed), space, 40).best_value
+        return evolve(build_sampler(name, space, seed=seed), space, 30).best_value
 
     screened = [best("ga", seed) for seed in range(3)]
     plain = [best("classic", seed) for seed in range(3)]
