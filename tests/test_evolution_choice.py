@@ -22,6 +22,7 @@ from utils.evolution import load_meta, run
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.search_space import GeneSpec, parse_gene, validate_search_space
 from utils.evolution.views import CSV_METRICS
+from utils.training.checkpoint import load_checkpoint
 from utils.training.hyp import load_hyp, read_hyp_file
 from utils.training.options import TrainOptions
 
@@ -305,7 +306,7 @@ def test_train_evolve_with_the_optimizer_gene_trains_both_optimizers(tiny_datase
     optimizers = [row["optimizer"] for row in csv_table(run_dir / "evolve.csv")]
     assert len(optimizers) == 6 and set(optimizers) == {"SGD", "AdamW"}, optimizers
     for child, optimizer in enumerate(optimizers):
-        checkpoint = torch.load(run_dir / "children" / str(child) / "weights" / "last.pt", weights_only=False)
+        checkpoint = load_checkpoint(run_dir / "children" / str(child) / "weights" / "last.pt")
         trained_with = "AdamW" if "betas" in checkpoint["optimizer"]["param_groups"][0] else "SGD"
         assert trained_with == optimizer and checkpoint["options"]["optimizer"] == optimizer, child
 
