@@ -19,12 +19,14 @@ ask/tell, exactly as the runner drives them, without training.
 
     python benchmarks/evolve_search.py --seeds 10 --children 300
     python benchmarks/evolve_search.py --seeds 3 --children 100 --shapes interacting --samplers ga,classic
+    python benchmarks/evolve_search.py --samplers optuna-gp --save gp.jsonl   # then --load gp.jsonl other.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import multiprocessing
 import sys
@@ -173,6 +175,8 @@ def main() -> None:
     parser.add_argument("--gp-children", type=int, default=200, help="optuna-gp is slow: its longest run")
     parser.add_argument("--gp-seeds", type=int, default=5, help="optuna-gp is slow: its number of seeds")
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--save", type=Path, default=None, help="append every finished run to this JSON-lines file")
+    parser.add_argument("--load", type=Path, nargs="*", default=[], help="print tables from saved runs, run nothing")
     args = parser.parse_args()
     shapes, samplers = args.shapes.split(","), args.samplers.split(",")
     budgets = [k for k in BUDGETS if k <= args.children] or [args.children]
@@ -188,15 +192,28 @@ def main() -> None:
                 jobs.append((sampler, shape, seed, min(args.children, args.gp_children) if gp else args.children))
     results: dict[tuple[str, str], list[list[float]]] = {}
     seconds: dict[str, list[float]] = {}
-    with multiprocessing.Pool(args.processes) as pool:
-        for sampler, shape, _seed, curve, spent in pool.imap_unordered(run_job, jobs):
+    if args.load:
+        finished = [json.loads(line) for path in args.load for line in path.read_text().splitlines() if line.strip()]
+        samplers = list(dict.fromkeys(run[0] for run in finished if run[0] in samplers))
+    else:
+        finished = []
+        with multiprocessing.Pool(args.processes) as pool:
+            for run in pool.imap_unordered(run_job, jobs):
+                finished.append(run)
+                if args.save:
+                    with args.save.open("a") as file:
+                        file.write(json.dumps(run) + "\n")
+    for sampler, shape, _seed, curve, spent in finished:
+        if shape in shapes:
             results.setdefault((sampler, shape), []).append(curve)
             seconds.setdefault(sampler, []).append(spent)
     for shape in shapes:
         print(f"\n{shape}")
         print(f"{'sampler':<14}" + "".join(f"{f'k={k}':>22}" for k in budgets))
         for sampler in samplers:
-            curves = results[(sampler, shape)]
+            curves = results.get((sampler, shape))
+            if not curves:
+                continue
             cells = [
                 cell(np.array([curve[k - 1] for curve in curves])) if len(curves[0]) >= k else "-" for k in budgets
             ]
