@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.evolution import load_meta, validate_search_space  # noqa: E402
 from utils.evolution.child import suggest_hyp  # noqa: E402
-from utils.evolution.sampler import build_sampler, child_seed, quiet_optuna  # noqa: E402
+from utils.evolution.mutation import child_seed  # noqa: E402
+from utils.evolution.sampler import build_sampler, quiet_optuna  # noqa: E402
 from utils.training.hyp import load_hyp  # noqa: E402
 
 SHAPES = ("separable", "interacting", "multimodal", "noisy")

@@ -160,3 +160,10 @@ def test_the_default_sampler_learns_from_pruned_children(tmp_path, monkeypatch):
     assert pruned
     completed = sum(trial.state == TrialState.COMPLETE for trial in study.trials)
     assert max(size for size, _ in sizes) > completed  # more rows than completed children: the pruned ones
+
+
+def test_the_median_pruner_waits_for_five_children_at_each_epoch():
+    """Imported rows count as completed trials but have no per-epoch values: a child must still be judged against
+    five children that reported at its epoch, not against the base alone."""
+    inner = build_pruner("median", STEPS).pruner
+    assert inner._n_min_trials == 5 and inner._n_startup_trials == 5

@@ -7,16 +7,8 @@ import optuna
 import pytest
 
 from utils.evolution.child import suggest_hyp
-from utils.evolution.sampler import (
-    FACTOR_RANGE,
-    IMPORTED_ATTR,
-    build_sampler,
-    child_rng,
-    mutate,
-    mutation_factors,
-    quiet_optuna,
-    select_parent,
-)
+from utils.evolution.mutation import FACTOR_RANGE, child_rng, mutate, mutation_factors, select_parent
+from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, quiet_optuna
 from utils.evolution.search_space import GeneSpec, load_meta, validate_search_space
 from utils.training.hyp import load_hyp
 

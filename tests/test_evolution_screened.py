@@ -7,18 +7,22 @@ import optuna
 import pytest
 
 from utils.evolution.child import suggest_hyp
-from utils.evolution.sampler import (
+from utils.evolution.mutation import (
     CHOICE_SWITCH_PROBABILITY,
+    child_rng,
+    from_unit,
+    mutate,
+    select_parent,
+    subspace_move,
+    to_unit,
+    uniform_draw,
+)
+from utils.evolution.sampler import (
     STARTUP_CHILDREN,
     GeneticSampler,
     ScreenedGeneticSampler,
     build_sampler,
-    child_rng,
-    from_unit,
-    mutate,
     quiet_optuna,
-    subspace_move,
-    to_unit,
 )
 from utils.evolution.search_space import GeneSpec, SearchSpace, load_meta, validate_search_space
 from utils.evolution.surrogate import GaussianProcess, ParzenScreen, expected_improvement
@@ -176,3 +180,26 @@ def test_unit_coordinates_round_trip(space, key):
     spec = space.genes[key]
     for position in (0.0, 0.37, 1.0):
         assert to_unit(from_unit(position, spec), spec) == pytest.approx(position, abs=1e-4)
+
+
+def test_uniform_draws_respect_bounds_and_search_scale(space):
+    specs = list(space.genes.values())
+    draws = np.array([uniform_draw(specs, child_rng(0, index)) for index in range(2000)])
+    assert all(np.all((draws[:, i] >= spec.low) & (draws[:, i] <= spec.high)) for i, spec in enumerate(specs))
+    lr0 = draws[:, list(space.genes).index("lr0")]
+    assert 0.4 < np.mean(lr0 < 1e-3) < 0.6  # log scale: half of [1e-5, 0.1] in decades lies below 1e-3
+    choices = np.array([uniform_draw([CHOICE_SPACE.genes["optimizer"]], child_rng(1, i))[0] for i in range(3000)])
+    assert np.allclose(np.bincount(choices.astype(int)) / 3000, 1 / 3, atol=0.04)
+
+
+def test_choice_genes_are_never_averaged():
+    """--parent-selection weighted: a choice gene takes the fittest parent's choice, not the mean of indices."""
+    population = np.array([[0.01, 0.0], [0.02, 2.0]])
+    parent, _ = select_parent(population, np.array([0.2, 0.1]), child_rng(0, 0), "weighted", np.array([False, True]))
+    assert parent[1] == 0.0 and 0.01 < parent[0] < 0.02
+
+
+def test_subspace_moves_switch_choice_genes():
+    specs = list(CHOICE_SPACE.genes.values())
+    children = [subspace_move(np.array([0.01, 1.0]), specs, child_rng(2, i), np.array([0.0, 1.0])) for i in range(60)]
+    assert {child[1] for child in children} == {0.0, 2.0}

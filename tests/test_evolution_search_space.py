@@ -122,3 +122,17 @@ def test_yolov5_tuple_entries_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="meta file not found"):
         load_meta(tmp_path / "missing.yaml")
     assert DEFAULT_META.is_file()
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"gain": 1, "low": 0.5, "high": 3.5, "type": "int"}, "whole-number low and high"),
+        ({"gain": 1, "low": 0, "high": 8, "type": "int", "scale": "log"}, "needs low > 0"),
+    ],
+)
+def test_int_genes_need_whole_bounds(tmp_path, entry, expected):
+    meta = tmp_path / "meta.yaml"
+    meta.write_text(f"anchors: {entry}\n".replace("'", ""))
+    with pytest.raises(UserError, match=expected):
+        load_meta(meta)

@@ -91,22 +91,11 @@ def train_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--seed", type=int, default=0, help="global training seed")
     parser.add_argument("--deterministic", action="store_true", help="ask torch for deterministic algorithms")
     parser.add_argument("--fitness", default=None, help="fitness weights, e.g. 'mAP50-95=1' (default 0.1/0.9 mAP)")
-    parser.add_argument(
-        "--gpu-augment",
-        nargs="?",
-        const="on",
-        default="auto",
-        choices=("auto", "on", "off"),
-        help="augment batches on the device (auto: on for CUDA)",
-    )
+    parser.add_argument("--gpu-augment", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                        help="augment batches on the device (auto: on for CUDA)")  # fmt: skip
     parser.add_argument("--nbs", type=int, default=64, help="nominal batch size: smaller batches accumulate to it")
-    parser.add_argument(
-        "--min-warmup-iters",
-        type=int,
-        default=MIN_WARMUP_ITERS,
-        metavar="N",
-        help=f"warmup lasts max(warmup_epochs x batches per epoch, N) iterations (yolov5: {MIN_WARMUP_ITERS})",
-    )
+    warmup = f"warmup lasts max(warmup_epochs x batches per epoch, N) iterations (yolov5: {MIN_WARMUP_ITERS})"
+    parser.add_argument("--min-warmup-iters", type=int, default=MIN_WARMUP_ITERS, metavar="N", help=warmup)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     add_schedule_arguments(parser)
     add_evolve_arguments(parser)
@@ -138,7 +127,7 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add --evolve [N], --meta, --freeze-hyp, --sampler, --storage, --evolve-from, --prune, --save-children,
-    --parent-selection."""
+    --parent-selection, then the trust flags."""
     group = parser.add_argument_group("hyperparameter evolution")
     group.add_argument(
         "--evolve",
@@ -150,19 +139,10 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help=f"evolve hyperparameters for N children in total across all workers (bare flag: {DEFAULT_CHILDREN})",
     )
     group.add_argument("--meta", type=Path, default=DEFAULT_META, help="evolution search space (gain, low, high)")
-    group.add_argument(
-        "--freeze-hyp", type=str, default="", metavar="K1,K2", help="hyp keys to keep fixed while evolving"
-    )
-    group.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default="ga",
-        help="search algorithm: ga (yolov5 moves screened by a model of the finished children), classic (yolov5's "
-        "exact rule), tpe, cmaes, random",
-    )
-    group.add_argument(
-        "--storage", type=str, default=None, help="study database URL (postgresql://...); default: journal file"
-    )
+    group.add_argument("--freeze-hyp", default="", metavar="K1,K2", help="hyp keys to keep fixed while evolving")
+    search = "ga (yolov5 moves screened by a model of the finished children), classic (yolov5's exact rule), tpe, ..."
+    group.add_argument("--sampler", choices=SAMPLERS, default="ga", help=search)
+    group.add_argument("--storage", default=None, help="study database URL (postgresql://...); default: journal file")
     group.add_argument("--evolve-from", type=Path, default=None, help="import a yolov5 evolve.csv as finished children")
     group.add_argument(
         "--prune",
@@ -174,41 +154,26 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help=f"stop lagging children early: {', '.join(PRUNERS)} (bare flag: {DEFAULT_PRUNER})",
     )
     group.add_argument("--save-children", action="store_true", help="keep every child's files under children/")
-    group.add_argument(
-        "--parent-selection",
-        choices=PARENT_SELECTIONS,
-        default="single",
-        help="ga: one fitness-weighted parent (yolov5 default) or the fitness-weighted mean of the top 5",
-    )
-    group.add_argument(
-        "--confirm",
-        type=int,
-        default=3,
-        metavar="K",
-        help="retrain the top K children with fresh seeds once all children are done (0: skip)",
-    )
-    group.add_argument(
-        "--confirm-seeds",
-        type=int,
-        default=2,
-        metavar="S",
-        help="fresh training seeds per confirmed child; the base hyp gets as many (noise estimate)",
-    )
-    group.add_argument(
-        "--fidelity",
-        type=int,
-        default=0,
-        metavar="K",
-        help="retrain K children, spanning the fitness range, at full length: does short predict long?",
-    )
-    group.add_argument(
-        "--fidelity-epochs",
-        type=int,
-        default=None,
-        metavar="E",
-        help="full length for --fidelity (default: 3x --epochs)",
-    )
+    parents = "ga's first moves and classic: one fitness-weighted parent (yolov5) or the weighted mean of the top 5"
+    group.add_argument("--parent-selection", choices=PARENT_SELECTIONS, default="single", help=parents)
+    add_trust_arguments(parser)
     return parser
+
+
+# (flag, default, metavar, help): the integer flags that plan the extra evaluations (noise, confirmation, fidelity).
+TRUST_FLAGS = (
+    ("--confirm", 3, "K", "retrain the top K children with fresh seeds once all children are done (0: skip)"),
+    ("--confirm-seeds", 2, "S", "fresh training seeds per confirmed child; the base hyp gets as many (noise)"),
+    ("--fidelity", 0, "K", "retrain K children, spanning the fitness range, at full length: does short predict long?"),
+    ("--fidelity-epochs", None, "E", "full length for --fidelity (default: 3x --epochs)"),
+)
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --confirm, --confirm-seeds, --fidelity, --fidelity-epochs."""
+    group = parser.add_argument_group("can I trust the result?")
+    for flag, default, metavar, text in TRUST_FLAGS:
+        group.add_argument(flag, type=int, default=default, metavar=metavar, help=text)
 
 
 def parse_freeze(text: str) -> tuple[str, ...]:
@@ -381,14 +346,8 @@ def build_training_job(args: argparse.Namespace) -> TrainingJob:
 
 def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
     """What every child of one study must share: a worker started with other values may not join it."""
-    return {
-        "data": str(args.data),
-        "cfg": str(args.cfg),
-        "img": args.imgsz,
-        "epochs": args.epochs,
-        "optimizer": str(args.optimizer),
-        "nbs": args.nbs,
-    }
+    keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
+    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs}
 
 
 # --- val.py and detect.py -------------------------------------------------------------------------------------------
@@ -403,12 +362,8 @@ def val_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image after NMS")
-    parser.add_argument(
-        "--coco-max-dets",
-        type=int,
-        default=None,
-        help="score only the top N detections per image and class, as COCOeval's maxDets (100 reproduces COCO)",
-    )
+    coco = "score only the top N detections per image and class, as COCOeval's maxDets (100 reproduces COCO)"
+    parser.add_argument("--coco-max-dets", type=int, default=None, help=coco)
     parser.add_argument("--task", default="val", choices=("val", "test", "speed"), help="split to score, or speed")
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers")

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from utils.evolution.evaluations import Task
-from utils.evolution.sampler import child_seed
+from utils.evolution.mutation import child_seed
 from utils.evolution.search_space import SearchSpace
 from utils.evolution.storage import Heartbeat
 

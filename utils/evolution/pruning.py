@@ -58,7 +58,10 @@ def build_pruner(
     if name == "none":
         return NopPruner()
     if name == "median":
-        pruner = MedianPruner(n_startup_trials=MEDIAN_STARTUP_CHILDREN, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+        # n_min_trials: imported rows (--evolve-from) count as completed trials but carry no per-epoch values; a
+        # child is judged only once 5 children have reported at its epoch.
+        pruner = MedianPruner(n_startup_trials=MEDIAN_STARTUP_CHILDREN, n_warmup_steps=MEDIAN_WARMUP_EPOCHS,
+                              n_min_trials=MEDIAN_STARTUP_CHILDREN)  # fmt: skip
     elif name == "halving":
         pruner = SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=reduction_factor)
     elif name == "hyperband":

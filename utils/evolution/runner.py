@@ -132,19 +132,15 @@ def run(
 ) -> optuna.Study:
     """Evolve ``base_hyp`` until the study holds ``n`` finished children, sharing the study with other workers.
 
-    ``base_hyp`` values are numbers, and names for the meta's choice genes (``optimizer: "SGD"``); the objective
-    gets each child's hyp the same way. ``objective(hyp, child)`` returns metrics by name; fitness is
-    ``utils.evaluation.fitness.fitness(metrics, fitness_weights)``.
-    Workers started with the same ``run_dir`` (journal storage) or ``storage`` URL and study name share one study;
-    rerunning the same command resumes toward ``n``. Imported rows (``evolve_from``) do not count toward ``n``.
-    ``setup`` (json-safe, e.g. data and model) joins the hyp keys and search space recorded on the study: a worker
-    whose setup differs is refused. ``plots=False`` skips evolve.png/fitness.png (the csv and yaml are always kept).
-    ``trust`` (default ``TrustPlan()``) adds the extra evaluations that measure noise, confirm the winner and check
-    fidelity; they do not count toward ``n``. A worker with nothing left to claim waits (``poll_seconds``) while
-    other workers still run children or evaluations, so that every worker ends with the same verdict.
-    ``prune`` names a pruner of ``utils.evolution.pruning.PRUNERS`` (or is an Optuna pruner) that judges what the
-    objective reports with ``child.report(step, fitness)``; ``steps`` is the last step a child reports (its
-    epochs), which ``hyperband`` needs. Pruned children count toward ``n`` but are never rows of evolve.csv.
+    ``base_hyp`` holds numbers, and names for choice genes (``optimizer: "SGD"``), as each child's hyp does;
+    ``objective(hyp, child)`` returns metrics, scored by ``utils.evaluation.fitness.fitness(metrics, fitness_weights)``.
+    Workers with the same ``run_dir`` (journal) or ``storage`` URL and study name share one study; rerunning resumes
+    toward ``n``; imported rows (``evolve_from``) and ``trust``'s extra evaluations (noise, confirmation, fidelity;
+    default ``TrustPlan()``) do not count toward ``n``. ``setup`` (json-safe) joins the hyp keys and search space
+    recorded on the study: a worker whose setup differs is refused. ``plots=False`` skips the PNGs. A worker with
+    nothing to claim waits (``poll_seconds``) while others still run, so every worker ends with the same verdict.
+    ``prune`` (a name of ``pruning.PRUNERS`` or an Optuna pruner) judges ``child.report(step, fitness)``; ``steps``
+    is a child's last step (epochs). Pruned children count toward ``n`` but are never rows of evolve.csv.
     """
     if n < 1:
         raise UserError(f"--evolve needs a number of children >= 1 (got {n})")
@@ -164,12 +160,9 @@ def run(
             import_evolve_csv(study, Path(evolve_from), space, set(meta) | set(space.base_hyp), score)
     work = Work(study, evaluation_study(study), space, objective, score, seed, run_dir, save_children, n,
                 trust or TrustPlan(), Worker.current(), plots)  # fmt: skip
-    while True:
-        if work.step():
-            continue
-        if not work.pending():
-            break
-        time.sleep(poll_seconds)  # nothing to claim, but other workers still train children or evaluations
+    while (ran := work.step()) or work.pending():
+        if not ran:
+            time.sleep(poll_seconds)  # nothing to claim, but other workers still train children or evaluations
     work.finish()
     return study
 

@@ -131,8 +131,14 @@ def parse_gene(key: str, entry: object, source: str) -> GeneSpec:
                         "(a choice gene lists its choices instead)")  # fmt: skip
     if numbers["gain"] < 0 or numbers["low"] > numbers["high"]:
         raise UserError(f"{source}: meta entry '{key}': need gain >= 0 and low <= high (got {dict(entry)})")
+    if value_type == "int" and not (numbers["low"].is_integer() and numbers["high"].is_integer()):
+        raise UserError(f"{source}: meta entry '{key}': type: int needs whole-number low and high (got {dict(entry)})")
     if scale == "log" and numbers["low"] <= 0:
         raise UserError(f"{source}: meta entry '{key}': scale: log needs low > 0 (got low={numbers['low']})")
+    if scale == "log" and value_type == "int" and numbers["low"] < 1:
+        raise UserError(
+            f"{source}: meta entry '{key}': an int gene on a log scale needs low >= 1 (got {numbers['low']})"
+        )
     return GeneSpec(numbers["gain"], numbers["low"], numbers["high"], scale, value_type)
 
 

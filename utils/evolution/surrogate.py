@@ -31,13 +31,25 @@ def matern52(r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scaled_sq_distances(a: np.ndarray, b: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    diff = (a[:, None, :] - b[None, :, :]) / lengths
-    return (diff**2).sum(-1)
+    """Squared distances between the rows of ``a`` and ``b`` after dividing by ``lengths``, without an (m, n, d)
+    temporary: |a|^2 + |b|^2 - 2 a.b."""
+    a, b = a / lengths, b / lengths
+    return np.maximum((a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+def standardise(y: np.ndarray) -> tuple[float, float]:
+    """Mean and scale of fitness values; a spread that is only rounding (equal values) counts as none."""
+    mean, spread = float(y.mean()), float(y.std())
+    return mean, spread if spread > 1e-12 * max(1.0, abs(mean)) else 1.0
 
 
 @dataclass
 class GaussianProcess:
-    """A fitted GP: ``predict`` gives the posterior mean and standard deviation of fitness (original units)."""
+    """A fitted GP: ``predict`` gives the posterior mean and standard deviation of fitness (original units).
+
+    ``signal`` and ``noise`` are variances in fitness units squared, so that a model fitted on some children can
+    be conditioned on more children (whose spread differs) without changing what it believes about the noise.
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -54,7 +66,7 @@ class GaussianProcess:
         """Fit the hyperparameters (MAP, L-BFGS-B from the prior's mode: deterministic) and condition on (x, y)."""
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
-        y_mean, y_scale = float(y.mean()), float(y.std()) or 1.0
+        y_mean, y_scale = standardise(y)
         z = (y - y_mean) / y_scale
         dims = x.shape[1]
         prior_mean, prior_sd = math.sqrt(2.0) + math.log(dims) / 2, math.sqrt(3.0)
@@ -92,16 +104,17 @@ class GaussianProcess:
         bounds = [LOG_LENGTH_BOUNDS] * dims + [LOG_SIGNAL_BOUNDS, LOG_NOISE_BOUNDS]
         result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
         theta = result.x if np.all(np.isfinite(result.x)) else start
-        return cls.condition(x, y, np.exp(theta[:dims]), math.exp(theta[dims]), math.exp(theta[dims + 1]))
+        signal, noise = math.exp(theta[dims]) * y_scale**2, math.exp(theta[dims + 1]) * y_scale**2
+        return cls.condition(x, y, np.exp(theta[:dims]), signal, noise)
 
     @classmethod
     def condition(
         cls, x: np.ndarray, y: np.ndarray, lengths: np.ndarray, signal: float, noise: float
     ) -> GaussianProcess:
-        """The posterior given fixed hyperparameters."""
-        y_mean, y_scale = float(y.mean()), float(y.std()) or 1.0
+        """The posterior given fixed hyperparameters (``signal`` and ``noise`` in fitness units squared)."""
+        y_mean, y_scale = standardise(y)
         correlation, _ = matern52(scaled_sq_distances(x, x, lengths))
-        k = signal * correlation + (noise + JITTER) * np.eye(len(y))
+        k = signal / y_scale**2 * correlation + (noise / y_scale**2 + JITTER) * np.eye(len(y))
         chol = cho_factor(k, lower=True)
         alpha = cho_solve(chol, (y - y_mean) / y_scale)
         return cls(x, y, y_mean, y_scale, lengths, signal, noise, chol, alpha)
@@ -117,10 +130,11 @@ class GaussianProcess:
 
     def predict(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         correlation, _ = matern52(scaled_sq_distances(np.asarray(points, dtype=float), self.x, self.lengths))
-        cross = self.signal * correlation
+        signal = self.signal / self.y_scale**2
+        cross = signal * correlation
         mean = cross @ self.alpha
         v = solve_triangular(self.chol[0], cross.T, lower=True)
-        variance = np.maximum(self.signal - (v**2).sum(0), 1e-12)
+        variance = np.maximum(signal - (v**2).sum(0), 1e-12)
         return mean * self.y_scale + self.y_mean, np.sqrt(variance) * self.y_scale
 
 

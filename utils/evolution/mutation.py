@@ -1,0 +1,195 @@
+"""The genetic moves, as pure functions of a parent vector, the gene specs and a random generator.
+
+A child is a vector with one number per evolved gene in hyp order; a choice gene is carried as its index. yolov5's
+mutation (``mutate``), crossover, parent selection, the moves of a few genes (``subspace_move``) and uniform draws,
+plus the per-child random generator that makes every child a function of (evolution seed, child index).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from utils.evolution.search_space import GeneSpec
+
+PARENT_SELECTIONS = ("single", "weighted")
+MUTATION_PROBABILITY = 0.8
+MUTATION_SIGMA = 0.2
+FACTOR_RANGE = (0.3, 3.0)
+# For keys whose range starts at 0, a value below 10% of (high - low) mutates on that scale instead of its own.
+ZERO_FLOOR_FRACTION = 0.1
+SIGNIFICANT_DIGITS = 5
+CHOICE_SWITCH_PROBABILITY = 0.1  # per child, times the gene's gain
+SUBSPACE_MAX_GENES = 3
+SUBSPACE_STEP = 0.1
+
+
+def child_rng(seed: int, child_index: int) -> np.random.Generator:
+    """The random generator of one child: a pure function of the evolution seed and the child index."""
+    return np.random.default_rng([seed, child_index])
+
+
+def child_seed(seed: int, child_index: int) -> int:
+    """A 31-bit integer seed for one child (for Optuna samplers and for the child's own training)."""
+    return int(np.random.SeedSequence([seed, child_index]).generate_state(1)[0] >> 1)
+
+
+def mutation_factors(gains: np.ndarray, rng: np.random.Generator, sigma: float = MUTATION_SIGMA) -> np.ndarray:
+    """yolov5's factors ``v = 1 + gain * N(0,1) * r * 0.2``: each gene w.p. 0.8, r ~ U(0,1) once per draw.
+
+    Redrawn until at least one factor differs from 1, clipped to [0.3, 3.0]. ``sigma`` replaces yolov5's 0.2.
+    """
+    factors = np.ones_like(gains)
+    while np.all(factors == 1) and np.any(gains > 0):
+        mutates = rng.random(len(gains)) < MUTATION_PROBABILITY
+        step = gains * mutates * rng.standard_normal(len(gains)) * rng.random() * sigma
+        factors = (1 + step).clip(*FACTOR_RANGE)
+    return factors
+
+
+def switch_choices(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, force: bool) -> np.ndarray:
+    """Choice genes (carried as an index) switch to another choice with probability ``0.1 * gain`` each; with
+    ``force`` (nothing else changed) one of them switches for sure."""
+    child = parent.copy()
+    indices = [index for index, spec in enumerate(specs) if spec.type == "choice" and spec.gain > 0]
+    switches = [index for index in indices if rng.random() < CHOICE_SWITCH_PROBABILITY * specs[index].gain]
+    if force and not switches and indices:
+        switches = [indices[int(rng.integers(len(indices)))]]
+    for index in switches:
+        others = [choice for choice in range(len(specs[index].choices)) if choice != int(round(parent[index]))]
+        child[index] = float(others[int(rng.integers(len(others)))])
+    return child
+
+
+def mutate(
+    parent: np.ndarray,
+    specs: Sequence[GeneSpec],
+    rng: np.random.Generator,
+    floor_fraction: float = ZERO_FLOOR_FRACTION,
+    sigma: float = MUTATION_SIGMA,
+) -> np.ndarray:
+    """One child of ``parent``: ``child = parent + (v - 1) * max(|parent|, floor)``, clipped to [low, high].
+
+    ``floor`` is ``floor_fraction`` (10%) of (high - low) for keys whose range starts at 0 (low <= 0) and 0
+    otherwise. Above the floor this is exactly yolov5's ``parent * v``. Below it the step is taken on the floor's
+    scale, so a key at 0 (mixup, degrees, ...) can move, which a purely multiplicative step never does; keys with
+    low > 0 (lr0, box, ...) cannot reach 0 and keep the multiplicative step everywhere. ``floor_fraction=0`` is
+    yolov5's rule exactly (the ``classic`` sampler).
+    Values are rounded to 5 significant digits (whole numbers for ``type: int``) and clipped again. Choice genes
+    (an index) switch to another choice with probability 0.1 * gain (see ``switch_choices``).
+    """
+    choice = np.array([spec.type == "choice" for spec in specs])
+    gains = np.array([0.0 if spec.type == "choice" else spec.gain for spec in specs], dtype=float)
+    low = np.array([spec.low for spec in specs], dtype=float)
+    high = np.array([spec.high for spec in specs], dtype=float)
+    factors = mutation_factors(gains, rng, sigma)
+    floor = np.where(low <= 0, floor_fraction * (high - low), 0.0)
+    scale = np.maximum(np.abs(parent), floor)
+    child = (parent + (factors - 1) * scale).clip(low, high)
+    rounded = np.array([float(f"{value:.{SIGNIFICANT_DIGITS}g}") for value in child])
+    rounded = np.where([spec.type == "int" for spec in specs], np.round(child), rounded)
+    rounded = np.where(choice, parent, rounded.clip(low, high))
+    return switch_choices(rounded, specs, rng, force=bool(np.array_equal(rounded, parent)))
+
+
+def crossover(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uniform crossover: each gene from either parent with equal probability."""
+    return np.where(rng.random(len(first)) < 0.5, first, second)
+
+
+def select_parent(
+    population: np.ndarray,
+    fitness: np.ndarray,
+    rng: np.random.Generator,
+    selection: str,
+    choice: np.ndarray | None = None,
+) -> tuple[np.ndarray, int | None]:
+    """Pick a parent among the fittest rows: one at random weighted by fitness, or their weighted mean.
+
+    In the weighted mean, genes marked in ``choice`` (choice genes: an index has no mean) take the fittest row's.
+    Returns the parent vector and, for "single", the chosen row's position (None for "weighted").
+    """
+    weights = fitness - fitness.min() + 1e-6
+    if selection == "weighted":
+        mean = (population * weights[:, None]).sum(0) / weights.sum()
+        if choice is not None:
+            mean = np.where(choice, population[int(np.argmax(fitness))], mean)
+        return mean, None
+    chosen = int(rng.choice(len(weights), p=weights / weights.sum()))
+    return population[chosen], chosen
+
+
+def encode(value: Any, spec: GeneSpec) -> float:
+    """A gene's value as a number: a choice gene's name becomes its index."""
+    if spec.type == "choice":
+        return float(spec.choices.index(value)) if isinstance(value, str) else float(value)
+    return float(value)
+
+
+def decode(value: float, spec: GeneSpec) -> Any:
+    """The value Optuna's distribution expects: an int for int genes, the name for choice genes, else a float."""
+    if spec.type == "choice":
+        return spec.choices[int(round(value))]
+    if spec.type == "int":
+        return int(round(value))
+    return float(value)
+
+
+def subspace_move(
+    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, relevance: np.ndarray
+) -> np.ndarray:
+    """Change 1 to 3 genes, drawn by relevance: each to a uniform value or by a step of 0.1 of its range (on its
+    search scale), a choice gene to another choice; the rest stay. Where the model has learnt which keys matter,
+    this searches them directly."""
+    child = parent.copy()
+    count = min(int(rng.integers(1, SUBSPACE_MAX_GENES + 1)), int((relevance > 0).sum()))
+    for index in rng.choice(len(specs), size=count, replace=False, p=relevance):
+        spec = specs[index]
+        if spec.type == "choice":
+            others = [choice for choice in range(len(spec.choices)) if choice != int(round(parent[index]))]
+            child[index] = float(others[int(rng.integers(len(others)))])
+            continue
+        if rng.random() < 0.5:
+            position = rng.random()
+        else:
+            position = float(np.clip(to_unit(parent[index], spec) + rng.normal(0.0, SUBSPACE_STEP), 0.0, 1.0))
+        child[index] = from_unit(position, spec)
+    return child
+
+
+def to_unit(value: float, spec: GeneSpec) -> float:
+    """A gene's value on [0, 1] of its bounds, on its search scale (log for log genes)."""
+    if spec.high <= spec.low:
+        return 0.0
+    if spec.scale == "log":
+        return math.log(value / spec.low) / math.log(spec.high / spec.low)
+    return (value - spec.low) / (spec.high - spec.low)
+
+
+def from_unit(position: float, spec: GeneSpec) -> float:
+    """The inverse of ``to_unit``, snapped like a mutation (5 significant digits, whole numbers for int/choice)."""
+    if spec.scale == "log":
+        value = spec.low * (spec.high / spec.low) ** position
+    else:
+        value = spec.low + position * (spec.high - spec.low)
+    return min(max(decode_number(value, spec), spec.low), spec.high)
+
+
+def decode_number(value: float, spec: GeneSpec) -> float:
+    """A uniform draw snapped to the gene's kind (whole numbers for int and choice genes), still a number."""
+    if spec.type in ("int", "choice"):
+        return float(min(max(round(value), spec.low), spec.high))
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def uniform_draw(specs: Sequence[GeneSpec], rng: np.random.Generator) -> np.ndarray:
+    """A child drawn uniformly on each gene's search scale (log for log genes); a choice gene by a uniform index."""
+    return np.array(
+        [
+            float(rng.integers(len(spec.choices))) if spec.type == "choice" else from_unit(rng.random(), spec)
+            for spec in specs
+        ]
+    )
