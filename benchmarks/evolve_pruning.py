@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import io
 import math
 import multiprocessing
@@ -39,21 +38,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.evolution import load_meta, run, validate_search_space  # noqa: E402
+from utils.evolution import load_meta, run  # noqa: E402
 from utils.evolution.evaluations import TrustPlan  # noqa: E402
 from utils.evolution.pruning import build_pruner  # noqa: E402
 from utils.training.hyp import load_hyp  # noqa: E402
 
-OPTIMUM = 0.6
-# The keys that matter for the final quality: optimum (in u) and weight (evolve_search.py's separable shape).
-SEPARABLE = {
-    "lr0": (0.62, 1.2),
-    "momentum": (0.75, 0.8),
-    "mixup": (0.25, 0.8),
-    "scale": (0.78, 0.6),
-    "box": (0.33, 0.6),
-    "hsv_v": (0.2, 0.4),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evolve_search import OPTIMUM, true_fitness, unit  # noqa: E402  (final quality: evolve_search's separable)
+
 METRIC = "metrics/mAP_0.5:0.95"
 BUDGET_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None  # the journal fsyncs every write: tmpfs makes it free
@@ -69,28 +61,9 @@ class Curves:
     noise: float
 
 
-@functools.cache
-def space():
-    return validate_search_space(load_hyp(), load_meta())
-
-
-def unit(hyp: dict[str, float]) -> dict[str, float]:
-    """Each numeric evolved key on [0, 1] of its meta bounds (log10 scale for log keys)."""
-    coordinates = {}
-    for key, spec in space().genes.items():
-        if getattr(spec, "type", None) == "choice":
-            continue
-        if spec.scale == "log":
-            coordinates[key] = math.log10(hyp[key] / spec.low) / math.log10(spec.high / spec.low)
-        else:
-            coordinates[key] = (hyp[key] - spec.low) / (spec.high - spec.low)
-    return coordinates
-
-
 def true_quality(hyp: dict[str, float]) -> float:
     """The fitness a child of this hyp reaches at its last epoch, without noise."""
-    u = unit(hyp)
-    return OPTIMUM * (1.0 - sum(weight * abs(u[key] - optimum) for key, (optimum, weight) in SEPARABLE.items()) / 2)
+    return true_fitness("separable", hyp)
 
 
 def time_constant(hyp: dict[str, float], curves: Curves) -> float:
