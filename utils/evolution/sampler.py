@@ -150,17 +150,19 @@ class GeneticSampler(BaseSampler):
 class ScreenedGeneticSampler(GeneticSampler):
     """The default ``ga``: yolov5's mutation proposes, a model of the finished children picks what to train.
 
-    The first ``STARTUP_CHILDREN`` children are classic moves (mutations of a fitness-weighted top-5 parent).
-    After that, each child is the most promising of ``POOL_SIZE`` proposals by expected improvement under a
-    Gaussian-process model fitted to every completed child (``utils.evolution.surrogate``). The proposals are
-    still the genetic moves, made from the 5 children the model rates best (its posterior mean, which discounts
-    a child that was only lucky): yolov5 mutations at three step sizes, uniform crossovers of two parents then
-    mutated, and a few uniform draws that let the search leave a local optimum. Children other workers are
-    training count as observed at their predicted fitness, so concurrent workers do not propose the same point.
+    Until ``STARTUP_CHILDREN`` children have completed (imported rows included), children are classic moves
+    (mutations of a fitness-weighted top-5 parent). After that, each child is the most promising of about 750
+    proposals by expected improvement under a Gaussian-process model (``utils.evolution.surrogate``). The proposals
+    (``POOL_SHARES`` of ``POOL_SIZE``) are genetic moves from the 5 children the model rates best (its posterior
+    mean, which discounts a child that was only lucky): yolov5 mutations at three step sizes, crossovers, moves of
+    the 1-3 genes the model finds relevant, and uniform draws; plus ``PARZEN_PROPOSALS`` TPE-style draws from the
+    density of the best children. The model's data: every completed child, every pruned child at the lowest
+    completed fitness (never a parent), and children other workers are training at their predicted fitness, so
+    concurrent workers do not propose the same point.
 
-    Everything is a function of (seed, child number, finished children): replays and resumes draw the same child.
-    The model's hyperparameters are refitted from the same start each time the number of completed children
-    passes a point of a geometric schedule (x1.2), so the cost stays under a few seconds per child at 300.
+    Everything is a function of (seed, child number, those children): replays and resumes draw the same child.
+    The model's hyperparameters are refitted from the same start, on at most the ``FIT_MAX`` best children, each
+    time the completed children pass a point of a x1.2 schedule: under a second per child at 300 children.
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
@@ -361,7 +363,8 @@ class PerChildSeededSampler(BaseSampler):
 def build_sampler(
     name: str, space: SearchSpace, seed: int = 0, parent_selection: str = "single"
 ) -> GeneticSampler | PerChildSeededSampler:
-    """The sampler behind ``--sampler``: "ga" (default, yolov5 mutation), "tpe", "cmaes" or "random"."""
+    """The sampler behind ``--sampler``: "ga" (default: screened yolov5 moves), "classic" (yolov5's rule), "tpe",
+    "cmaes" or "random"."""
     if name == "ga":
         return ScreenedGeneticSampler(space, seed=seed, parent_selection=parent_selection)
     if name == "classic":
