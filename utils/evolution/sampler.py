@@ -119,8 +119,7 @@ class GeneticSampler(BaseSampler):
 
     def parent_vector(self, study: Study, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
         """The parent for the next child; the base hyp while no child has completed yet."""
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        completed = [trial for trial in completed if trial.value is not None and np.isfinite(trial.value)]
+        completed = completed_trials(study)
         if not completed:
             return self.base_vector(), []
         fittest = sorted(completed, key=lambda trial: trial.value, reverse=True)[:TOP_PARENTS]
