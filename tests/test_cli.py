@@ -1,4 +1,4 @@
-"""Tests for utils/cli.py: flags parse into the library's option objects; bad values are one-line user errors."""
+"""Tests for utils/cli/: flags parse into the library's option objects; bad values are one-line user errors."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Choice and integer genes end to end: the meta table, the study, evolve.csv, --evolve-from, resume, the setup pin,
 and training with an evolved optimizer (utils/evolution/search_space.py, views.py, importer.py, runner.py,
-training_objective.py, utils/training/hyp.py, utils/cli.py)."""
+training_objective.py, utils/training/hyp.py, utils/cli/)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,84 @@
+"""What every entry point's command line shares: the parser class, the run-folder flags, and the numeric checks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from utils.errors import USER_ERROR_EXIT_CODE, UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs"
+LOGGER = logging.getLogger("train")
+
+
+class CliParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with ``allow_abbrev=False`` (``--freeze`` must never mean ``--freeze-hyp``) and
+    errors reported as one ``error: ...`` line, like every other user error, instead of usage plus a message."""
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+class StoreGiven(argparse.Action):
+    """Store the value and set ``<dest>_given``: a data yaml's ``defaults:`` never set it, so later checks can tell
+    what the command line said from a default (``--optimizer`` against the hyp file's optimizer)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def add_run_folder_arguments(parser: argparse.ArgumentParser, project: Path) -> None:
+    """yolov5's --project/--name/--exist-ok: outputs go to project/name, then name2, name3, ..."""
+    parser.add_argument("--project", default=str(project), help="save to project/name")
+    parser.add_argument("--name", default="exp", help="save to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+
+
+# (flag, attribute, smallest allowed value, what the flag counts): each numeric flag gets its own message.
+FLAG_MINIMUMS = (
+    ("--img", "imgsz", 1, "image size in pixels"),
+    ("--batch", "batch_size", 1, "images per batch"),
+    ("--epochs", "epochs", 1, "training epochs"),
+    ("--nbs", "nbs", 1, "nominal batch size"),
+    ("--workers", "workers", 0, "dataloader workers"),
+    ("--patience", "patience", 0, "epochs without improvement"),
+    ("--close-mosaic", "close_mosaic", 0, "final epochs without mosaic"),
+    ("--evolve", "evolve", 1, "children"),
+    ("--max-det", "max_det", 1, "detections per image"),
+    ("--confirm", "confirm", 0, "children to confirm"),
+    ("--confirm-seeds", "confirm_seeds", 0, "seeds per confirmed child"),
+    ("--fidelity", "fidelity", 0, "children to retrain at full length"),
+    ("--fidelity-epochs", "fidelity_epochs", 1, "epochs"),
+    ("--min-warmup-iters", "min_warmup_iters", 0, "warmup iterations"),
+    ("--coco-max-dets", "coco_max_dets", 1, "detections per image and class"),
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag out of its range, naming the flag, before any file is read or any data is scanned;
+    then round --img up to a multiple of the largest stride, as yolov5 does."""
+    for flag, attribute, minimum, meaning in FLAG_MINIMUMS:
+        value = getattr(args, attribute, None)
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be at least {minimum} ({meaning}), got {value}")
+    args.imgsz = check_img_size(args.imgsz)
+
+
+def check_img_size(img_size: int, stride: int = 32) -> int:
+    """Round --img up to a multiple of the largest stride, saying so when it changes."""
+    rounded = max(math.ceil(img_size / stride) * stride, stride)
+    if rounded != img_size:
+        LOGGER.warning(f"--img {img_size} must be a multiple of {stride}, using {rounded}")
+    return rounded

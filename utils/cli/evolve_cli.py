@@ -1,0 +1,100 @@
+"""The evolution's flags (train.py --evolve and evolve.py) and the ``EvolveOptions`` they build."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from utils.cli.common_cli import RUNS
+from utils.evolution.evaluations import TrustPlan
+from utils.evolution.options import EvolveOptions
+from utils.evolution.pruning import DEFAULT_PRUNER, PRUNERS
+from utils.evolution.sampler import PARENT_SELECTIONS, SAMPLERS
+from utils.evolution.search_space import DEFAULT_META, load_meta
+
+DEFAULT_CHILDREN = 300  # a bare --evolve, as in yolov5
+
+
+def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add --evolve [N], --meta, --freeze-hyp, --sampler, --storage, --evolve-from, --prune, --save-children,
+    --parent-selection, then the trust flags."""
+    group = parser.add_argument_group("hyperparameter evolution")
+    group.add_argument(
+        "--evolve",
+        type=int,
+        nargs="?",
+        const=DEFAULT_CHILDREN,
+        default=None,
+        metavar="N",
+        help=f"evolve hyperparameters for N children in total across all workers (bare flag: {DEFAULT_CHILDREN})",
+    )
+    group.add_argument("--meta", type=Path, default=DEFAULT_META, help="evolution search space (gain, low, high)")
+    group.add_argument("--freeze-hyp", default="", metavar="K1,K2", help="hyp keys to keep fixed while evolving")
+    search = "ga (yolov5 moves screened by a model of the finished children), classic (yolov5's exact rule), tpe, ..."
+    group.add_argument("--sampler", choices=SAMPLERS, default="ga", help=search)
+    group.add_argument("--storage", default=None, help="study database URL (postgresql://...); default: journal file")
+    group.add_argument("--evolve-from", type=Path, default=None, help="import a yolov5 evolve.csv as finished children")
+    group.add_argument(
+        "--prune",
+        nargs="?",
+        const=DEFAULT_PRUNER,
+        default="none",
+        choices=PRUNERS,
+        metavar="NAME",
+        help=f"stop lagging children early: {', '.join(PRUNERS)} (bare flag: {DEFAULT_PRUNER})",
+    )
+    group.add_argument("--save-children", action="store_true", help="keep every child's files under children/")
+    parents = "ga's first moves and classic: one fitness-weighted parent (yolov5) or the weighted mean of the top 5"
+    group.add_argument("--parent-selection", choices=PARENT_SELECTIONS, default="single", help=parents)
+    add_trust_arguments(parser)
+    return parser
+
+
+# (flag, default, metavar, help): the integer flags that plan the extra evaluations (noise, confirmation, fidelity).
+TRUST_FLAGS = (
+    ("--confirm", 3, "K", "retrain the top K children with fresh seeds once all children are done (0: skip)"),
+    ("--confirm-seeds", 2, "S", "fresh training seeds per confirmed child; the base hyp gets as many (noise)"),
+    ("--fidelity", 0, "K", "retrain K children, spanning the fitness range, at full length: does short predict long?"),
+    ("--fidelity-epochs", None, "E", "full length for --fidelity (default: 3x --epochs)"),
+)
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --confirm, --confirm-seeds, --fidelity, --fidelity-epochs."""
+    group = parser.add_argument_group("can I trust the result?")
+    for flag, default, metavar, text in TRUST_FLAGS:
+        group.add_argument(flag, type=int, default=default, metavar=metavar, help=text)
+
+
+def parse_freeze(text: str) -> tuple[str, ...]:
+    """``"lr0, mosaic"`` -> ``("lr0", "mosaic")``."""
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
+    """The evolution's options from train.py's flags; --meta is loaded (and checked) here."""
+    project = Path(args.project)
+    if project.resolve() == (RUNS / "train").resolve():
+        project = RUNS / "evolve"  # evolve reuses runs/evolve/<name>, so that workers share it
+    return EvolveOptions(
+        n=args.evolve,
+        run_dir=project / args.name,
+        study_name=args.name,
+        meta=load_meta(args.meta),
+        storage=args.storage,
+        sampler=args.sampler,
+        seed=args.seed,
+        freeze=parse_freeze(args.freeze_hyp),
+        prune=args.prune,
+        evolve_from=args.evolve_from,
+        parent_selection=args.parent_selection,
+        save_children=args.save_children,
+        plots=not args.noplots,
+        trust=TrustPlan(args.confirm, args.confirm_seeds, args.fidelity, args.fidelity_epochs or 3 * args.epochs),
+    )
+
+
+def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
+    """What every child of one study must share: a worker started with other values may not join it."""
+    keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
+    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs}

@@ -1,0 +1,45 @@
+"""val.py's and detect.py's flags."""
+
+from __future__ import annotations
+
+from utils.cli.common_cli import RUNS, CliParser, add_run_folder_arguments
+
+
+def val_parser(description: str | None = None) -> CliParser:
+    parser = CliParser(description=description)
+    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
+    parser.add_argument("--data", default="shapes.yaml", help="data yaml")
+    parser.add_argument("--batch-size", "--batch", type=int, default=32, help="batch size")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
+    parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image after NMS")
+    coco = "score only the top N detections per image and class, as COCOeval's maxDets (100 reproduces COCO)"
+    parser.add_argument("--coco-max-dets", type=int, default=None, help=coco)
+    parser.add_argument("--task", default="val", choices=("val", "test", "speed"), help="split to score, or speed")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers")
+    parser.add_argument("--half", action="store_true", help="FP16 autocast inference (CUDA only)")
+    parser.add_argument("--save-txt", action="store_true", help="save detections to labels/*.txt (with conf)")
+    parser.add_argument("--save-json", action="store_true", help="save COCO json and print the reference mAP")
+    parser.add_argument("--noplots", action="store_true", help="save no plots")
+    parser.add_argument("--verbose", action="store_true", help="per-class table even for many classes")
+    parser.add_argument("--fitness", default=None, help="also print fitness with these weights, e.g. 'mAP50-95=1'")
+    add_run_folder_arguments(parser, RUNS / "val")
+    return parser
+
+
+def detect_parser(description: str | None = None) -> CliParser:
+    parser = CliParser(description=description)
+    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
+    parser.add_argument("--source", required=True, help="image, video, folder or glob (quote it: 'imgs/*.jpg')")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
+    parser.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
+    parser.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
+    parser.add_argument("--classes", nargs="+", type=int, default=None, help="keep only these class ids")
+    parser.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    parser.add_argument("--line-thickness", type=int, default=2, help="box thickness (pixels)")
+    add_run_folder_arguments(parser, RUNS / "detect")
+    return parser

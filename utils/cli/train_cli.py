@@ -1,0 +1,183 @@
+"""train.py's flags (yolov5's names), their parsing with a data yaml's ``defaults:``, and the ``TrainOptions``
+and evolution ``TrainingJob`` they build."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from utils.cli.common_cli import RUNS, CliParser, StoreGiven, add_run_folder_arguments
+from utils.cli.evolve_cli import add_evolve_arguments, evolution_setup
+from utils.errors import UserError
+from utils.evaluation.fitness import parse_fitness_weights
+from utils.training.hyp import DEFAULT_HYP, read_hyp_file
+from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, optimizer_name
+from utils.training.options import DistributedOptions, OutputOptions, TrainOptions
+from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
+
+if TYPE_CHECKING:
+    from utils.evolution.training_objective import TrainingJob
+
+
+def train_parser(description: str | None = None) -> CliParser:
+    """train.py's flags (yolov5's names), with the schedule and evolution groups."""
+    parser = CliParser(description=description)
+    parser.add_argument("--weights", default="", help="initial weights .pt to transfer from ('' trains from scratch)")
+    parser.add_argument("--cfg", default="yolov5n.yaml", help="model yaml: yolov5n/s/m/l/x.yaml or a path")
+    parser.add_argument("--data", default="shapes.yaml", help="data yaml (default: the built-in shapes dataset)")
+    parser.add_argument("--hyp", default=str(DEFAULT_HYP), help="hyperparameter yaml (default: scratch-low)")
+    parser.add_argument("--epochs", type=int, default=30, help="total training epochs")
+    parser.add_argument("--batch-size", "--batch", type=int, default=16, help="total batch size for all devices")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="train and val image size")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest or the given run")
+    parser.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    parser.add_argument("--noval", action="store_true", help="only validate the final epoch")
+    parser.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    parser.add_argument("--noplots", action="store_true", help="save no plot files")
+    parser.add_argument("--cache", nargs="?", const="ram", default=None, choices=("ram", "disk"), help="image cache")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    parser.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm under DDP")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers (per DDP rank)")
+    add_run_folder_arguments(parser, RUNS / "train")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    parser.add_argument("--patience", type=int, default=100, help="stop after this many epochs without improvement")
+    parser.add_argument("--seed", type=int, default=0, help="global training seed")
+    parser.add_argument("--deterministic", action="store_true", help="ask torch for deterministic algorithms")
+    parser.add_argument("--fitness", default=None, help="fitness weights, e.g. 'mAP50-95=1' (default 0.1/0.9 mAP)")
+    parser.add_argument("--gpu-augment", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                        help="augment batches on the device (auto: on for CUDA)")  # fmt: skip
+    parser.add_argument("--nbs", type=int, default=64, help="nominal batch size: smaller batches accumulate to it")
+    warmup = f"warmup lasts max(warmup_epochs x batches per epoch, N) iterations (yolov5: {MIN_WARMUP_ITERS})"
+    parser.add_argument("--min-warmup-iters", type=int, default=MIN_WARMUP_ITERS, metavar="N", help=warmup)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    add_schedule_arguments(parser)
+    add_evolve_arguments(parser)
+    return parser
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the optimizer, schedule, warmup-related and --close-mosaic flags."""
+    group = parser.add_argument_group("optimizer and learning-rate schedule")
+    group.add_argument(
+        "--optimizer",
+        default="SGD",
+        action=StoreGiven,
+        help=f"one of {', '.join(OPTIMIZERS)} (default: the one the hyp file names, else SGD)",
+    )
+    parser.set_defaults(optimizer_given=False)
+    group.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default linear)")
+    group.add_argument("--cos-lr", action="store_true", help="alias for --scheduler cos")
+    group.add_argument("--lr-step-size", type=int, default=None, help="step: epochs per cut (default epochs // 3)")
+    group.add_argument("--lr-milestones", type=int, nargs="+", default=None, help="multistep: epochs (70%%, 90%%)")
+    group.add_argument("--lr-gamma", type=float, default=0.1, help="step, multistep, plateau: LR multiplier per cut")
+    group.add_argument("--lr-patience", type=int, default=10, help="plateau: epochs without improvement before a cut")
+    group.add_argument("--min-lr-epochs", type=int, default=None, help="warmcos: final epochs at lrf (--close-mosaic)")
+    group.add_argument("--close-mosaic", type=int, default=0, help="turn mosaic and mixup off for the last N epochs")
+    limits = ", ".join(f"{name} [{low:g}, {high:g}]" for name, (low, high) in LR_FIT_LIMITS.items())
+    group.add_argument("--lr-fit", action="store_true", help=f"scale lr0 by images per step / 64, clamped: {limits}")
+    return parser
+
+
+def parse_train_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """Parse train.py's command line. The data yaml's ``defaults:`` replace the built-in defaults of the options
+    the command line leaves out (the built-in shapes.yaml recommends its CPU recipe this way)."""
+    from utils.data.config import training_defaults
+
+    parser = train_parser(description)
+    args = parser.parse_args(argv)
+    if args.resume:
+        return args  # the checkpoint's options win
+    defaults = training_defaults(args.data)
+    if defaults:
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    return args
+
+
+def scheduler_params(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``build_scheduler`` (name included) from parsed options; resolves --cos-lr."""
+    name = args.scheduler
+    if args.cos_lr and name is not None and scheduler_name(name) != "cos":
+        raise UserError(f"--cos-lr contradicts --scheduler {name}; pass only one of them")
+    name = scheduler_name(name) if name is not None else ("cos" if args.cos_lr else "linear")
+    hold_epochs = args.close_mosaic if args.min_lr_epochs is None else args.min_lr_epochs
+    return {
+        "name": name,
+        "step_size": args.lr_step_size,
+        "milestones": args.lr_milestones,
+        "gamma": args.lr_gamma,
+        "patience": args.lr_patience,
+        "hold_epochs": hold_epochs,
+    }
+
+
+def build_train_options(
+    args: argparse.Namespace, device: torch.device, rank: int = -1, world_size: int = 1
+) -> TrainOptions:
+    """Turn parsed train.py options into the trainer's explicit ``TrainOptions`` (no folder yet)."""
+    return TrainOptions(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        nominal_batch=args.nbs,
+        cfg=args.cfg,
+        weights=args.weights,
+        device=device,
+        workers=args.workers,
+        optimizer=args.optimizer,
+        scheduler=scheduler_params(args),
+        close_mosaic=args.close_mosaic,
+        lr_fit=args.lr_fit,
+        label_smoothing=args.label_smoothing,
+        patience=args.patience,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        autoanchor=not args.noautoanchor,
+        validate_every_epoch=not args.noval,
+        fitness_weights=parse_fitness_weights(args.fitness) if args.fitness else None,
+        gpu_augment=args.gpu_augment,
+        min_warmup_iters=args.min_warmup_iters,
+        resume=args.resume if isinstance(args.resume, str) else None,
+        outputs=OutputOptions(save_weights=not args.nosave, plots=not args.noplots, record=recorded_options(args)),
+        distributed=DistributedOptions(rank=rank, world_size=world_size, sync_bn=args.sync_bn),
+    )
+
+
+def recorded_options(args: argparse.Namespace) -> dict:
+    """The options as plain yaml-safe values, for opt.yaml and checkpoints."""
+    return {
+        key: value if isinstance(value, int | float | str | bool | list | type(None)) else str(value)
+        for key, value in vars(args).items()
+    }
+
+
+def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict) -> argparse.Namespace:
+    """The original run's options (recorded in its checkpoint), continuing from ``checkpoint_path``."""
+    restored = argparse.Namespace(**{**vars(args), **recorded})
+    restored.resume = str(checkpoint_path)
+    restored.device = args.device or restored.device
+    restored.weights = ""  # the resumed state replaces every weight; the original file may be gone
+    return restored
+
+
+def load_train_hyp(args: argparse.Namespace) -> dict[str, float]:
+    """Load --hyp. A hyp file that names an optimizer (a hyp_evolve.yaml whose evolution evolved it) sets
+    ``args.optimizer``; an explicit --optimizer naming another one is an error naming both."""
+    hyp_file = read_hyp_file(args.hyp)
+    flag, named = optimizer_name(args.optimizer), hyp_file.choices.get("optimizer")
+    if named is not None and args.optimizer_given and flag != named:
+        raise UserError(f"--optimizer {flag} contradicts 'optimizer: {named}' in {args.hyp}; drop one of them")
+    args.optimizer = named or flag
+    return hyp_file.hyp
+
+
+def build_training_job(args: argparse.Namespace) -> TrainingJob:
+    """What every evolution child trains on, from train.py's flags (the base hyp is loaded and checked here)."""
+    from utils.device import distributed_env, select_device
+    from utils.evolution.training_objective import TrainingJob
+
+    hyp = load_train_hyp(args)  # first: the hyp file may name the optimizer
+    options = build_train_options(args, select_device(args.device), world_size=distributed_env()[2])
+    return TrainingJob(hyp, options, args.data, args.imgsz, args.cache, evolution_setup(args))
