@@ -1,7 +1,9 @@
 """Run a trained detector on images, folders, globs or videos: ``python detect.py --weights best.pt --source img.jpg``.
 
-Annotated images (and videos) with class names and scores are written to runs/detect/expN; ``--save-txt`` adds
-``labels/<name>.txt`` with one ``cls x y w h conf`` row per detection, normalised to the image.
+Annotated images (and videos) with class names and scores are written to runs/detect/expN (not with ``--nosave``;
+``--hide-labels`` and ``--hide-conf`` trim the labels); ``--save-txt`` adds ``labels/<name>.txt`` with one
+``cls x y w h`` row per detection, normalised to the image (``--save-conf`` appends the score), and ``--save-crop``
+saves each box's crop of the original image to ``crops/<class>/<name>.jpg``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from utils.data.sources import is_video, source_files
 from utils.device import select_device
 from utils.errors import run_cli
 from utils.evaluation.detector import Detector
-from utils.plots.annotate import annotate_file
+from utils.plots.annotate import SavedOutputs, annotate_file
 from utils.run_dir import increment_path
 from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent
 
 def main(args: argparse.Namespace) -> None:
     cli.check_flags(args)
+    options = cli.build_annotate_options(args)
     files = source_files(args.source)
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.weights)
@@ -32,12 +35,14 @@ def main(args: argparse.Namespace) -> None:
         model_from_checkpoint(checkpoint).to(device), names, device, args.imgsz, args.conf_thres, args.iou_thres,
         args.classes, args.max_det,
     )  # fmt: skip
-    save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
+    save_dir = increment_path(Path(args.project) / args.name, args.exist_ok, mkdir=options.saves_anything)
+    saved = SavedOutputs()
     for file_number, path in enumerate(files, 1):
-        for frame_index, report in annotate_file(path, detector, save_dir, args.save_txt, args.line_thickness):
-            frame = f" frame {frame_index}" if is_video(path) else ""
-            print(f"{file_number}/{len(files)} {path}{frame}: {report}")
-    print(f"Results saved to {save_dir}")
+        for frame in annotate_file(path, detector, save_dir, options):
+            where = f" frame {frame.index}" if is_video(path) else ""
+            print(f"{file_number}/{len(files)} {path}{where}: {frame.report}")
+            saved.add(frame)
+    print("\n".join(saved.summary(save_dir, options)))
 
 
 if __name__ == "__main__":

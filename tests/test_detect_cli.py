@@ -18,7 +18,7 @@ from utils.data.sources import source_files
 from utils.errors import UserError
 from utils.evaluation.detector import Detector
 from utils.evaluation.label_txt import write_label_txt
-from utils.plots.annotate import draw
+from utils.plots.annotate import AnnotateOptions, annotate_file, draw
 
 ROOT = Path(__file__).resolve().parent.parent
 # An untrained model scores about 1e-3 (yolov5's objectness prior), so a tiny threshold yields detections to draw.
@@ -84,10 +84,43 @@ def test_draw_marks_the_box_and_leaves_the_input_untouched() -> None:
     assert annotated[35, 10].any() and not annotated[35, 25].any()  # on the left edge, not inside
 
 
-def test_write_txt_rows_are_normalised(tmp_path: Path) -> None:
+@pytest.mark.parametrize("save_conf, conf_column", [(False, []), (True, ["0.750000"])])
+def test_write_txt_rows_are_normalised(tmp_path: Path, save_conf: bool, conf_column: list[str]) -> None:
     path = tmp_path / "labels" / "x.txt"
-    write_label_txt(path, np.array([[0, 0, 50, 20, 0.5, 3]]), (40, 100, 3))
-    assert path.read_text().split() == ["3", "0.250000", "0.250000", "0.500000", "0.500000", "0.500000"]
+    write_label_txt(path, np.array([[0, 0, 50, 20, 0.75, 3]]), (40, 100, 3), save_conf=save_conf)
+    assert path.read_text().split() == ["3", "0.250000", "0.250000", "0.500000", "0.500000", *conf_column]
+
+
+def test_output_flags_become_annotate_options() -> None:
+    required = ["--weights", "w.pt", "--source", "x.jpg"]
+    flags = ["--save-txt", "--save-conf", "--save-crop", "--nosave", "--hide-labels", "--hide-conf"]
+    args = cli.detect_parser().parse_args([*required, *flags, "--line-thickness", "3"])
+    assert cli.build_annotate_options(args) == AnnotateOptions(
+        save_image=False, save_txt=True, save_conf=True, save_crop=True, hide_labels=True, hide_conf=True,
+        line_thickness=3,
+    )  # fmt: skip
+    assert cli.build_annotate_options(cli.detect_parser().parse_args(required)) == AnnotateOptions()
+
+
+def test_save_conf_without_save_txt_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    args = cli.detect_parser().parse_args(["--weights", "w.pt", "--source", "x.jpg", "--save-conf"])
+    with caplog.at_level("WARNING", logger="train"):
+        options = cli.build_annotate_options(args)
+    assert not options.save_conf and "--save-conf has no effect without --save-txt" in caplog.text
+
+
+def test_crops_come_from_the_frame_as_read_and_hidden_labels_stay_hidden(tmp_path: Path) -> None:
+    grey = np.full((64, 96, 3), 60, dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    detector = Detector(FixedBoxModel(), ["a", "b"], torch.device("cpu"), img_size=128)
+    (save_dir := tmp_path / "run").mkdir()
+    options = AnnotateOptions(save_crop=True, hide_labels=True, line_thickness=3)
+    (frame,) = annotate_file(tmp_path / "grey.png", detector, save_dir, options)
+    assert [path.relative_to(save_dir).as_posix() for path in frame.crop_files] == ["crops/b/grey.jpg"]
+    assert np.abs(cv2.imread(str(frame.crop_files[0])).astype(int) - 60).max() <= 2  # no box line in the crop
+    annotated = cv2.imread(str(save_dir / "grey.png"))
+    assert (annotated != 60).any(axis=2).sum() > 0  # the box was drawn onto the saved copy
+    assert not (annotated.min(axis=2) > 200).any()  # but no white label text (class 1's colour is 151, 157, 255)
 
 
 def test_detect_on_images_and_a_video(tiny_checkpoint: Path, val_images: Path, tmp_path: Path, capsys) -> None:
@@ -101,12 +134,43 @@ def test_detect_on_images_and_a_video(tiny_checkpoint: Path, val_images: Path, t
     assert sorted(path.name for path in images_run.glob("*.jpg")) == [path.name for path in sources]
     assert cv2.imread(str(images_run / sources[0].name)).shape == cv2.imread(str(sources[0])).shape
     rows = (images_run / "labels" / f"{sources[0].stem}.txt").read_text().splitlines()
-    assert 1 <= len(rows) <= 3 and all(len(row.split()) == 6 for row in rows)
+    assert 1 <= len(rows) <= 3 and all(len(row.split()) == 5 for row in rows)  # no conf without --save-conf
     capture = cv2.VideoCapture(str(video_run / "clip.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     capture.release()
     assert sorted(path.name for path in (video_run / "labels").iterdir()) == ["clip_0.txt", "clip_1.txt", "clip_2.txt"]
-    assert "Results saved to" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert f"Results saved to {images_run}\n{len(sources)} labels saved to {images_run / 'labels'}\n" in output
+    assert f"3 labels saved to {video_run / 'labels'}" in output
+
+
+def test_nosave_keeps_txt_conf_and_crops(tiny_checkpoint: Path, val_images: Path, tmp_path: Path, capsys) -> None:
+    arguments = ["--weights", str(tiny_checkpoint), "--img", "128", "--conf-thres", LOW_CONF, "--max-det", "3",
+                 "--project", str(tmp_path / "runs"), "--device", "cpu", "--source", str(val_images)]  # fmt: skip
+    detect.main(cli.detect_parser().parse_args([*arguments, "--nosave"]))
+    assert not (tmp_path / "runs" / "exp").exists()  # nothing to save, so no empty run folder
+    assert "Nothing saved (--nosave without --save-txt or --save-crop)" in capsys.readouterr().out
+    detect.main(cli.detect_parser().parse_args([*arguments, "--nosave", "--save-txt", "--save-conf", "--save-crop"]))
+    run = tmp_path / "runs" / "exp"
+    assert not [path for path in run.iterdir() if path.is_file()]  # no annotated image
+    rows = [row.split() for txt in (run / "labels").glob("*.txt") for row in txt.read_text().splitlines()]
+    assert rows and all(len(row) == 6 for row in rows)  # cls x y w h conf
+    crops = sorted((run / "crops").rglob("*.jpg"))
+    names = detect.load_checkpoint(tiny_checkpoint)["names"]
+    assert sorted(path.parent.name for path in crops) == sorted(names[int(row[0])] for row in rows)
+    output = capsys.readouterr().out
+    assert "Images not saved (--nosave)" in output and "Results saved to" not in output
+    assert f"{len(rows)} crops saved to {run / 'crops'}" in output
+
+
+def test_detect_never_writes_over_its_source(tmp_path: Path) -> None:
+    source = tmp_path / "grey.png"
+    cv2.imwrite(str(source), np.full((64, 96, 3), 60, dtype=np.uint8))
+    before = source.read_bytes()
+    detector = Detector(FixedBoxModel(), ["a", "b"], torch.device("cpu"), img_size=128)
+    with pytest.raises(UserError, match="would overwrite it"):
+        next(annotate_file(source, detector, tmp_path, AnnotateOptions()))
+    assert source.read_bytes() == before
 
 
 def test_corrupt_weights_give_one_error_line(val_images: Path, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from utils import cli
 from utils.data.synthetic import SHAPE_NAMES
 from utils.errors import run_cli
 from utils.evaluation.coco_json import reference_map
-from utils.evaluation.metrics import MAP50_95, METRIC_KEYS, VAL_LOSS_KEYS
-from utils.evaluation.validator import run_validation, validate
+from utils.evaluation.metrics import MAP50_95, METRIC_KEYS, VAL_LOSS_KEYS, DetectionMetrics
+from utils.evaluation.validator import _Collector, run_validation, validate
 from val import build_loader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +104,13 @@ def test_val_cli_prints_table_and_writes_plots(tiny_dataset: Path, tiny_checkpoi
     for name in ("PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png", "confusion_matrix.png"):
         assert (run_dir / name).stat().st_size > 0
     assert (run_dir / "predictions.json").is_file()
+
+
+def test_val_save_txt_keeps_the_confidence_column(tmp_path: Path) -> None:
+    collector = _Collector(DetectionMetrics(2), tmp_path, save_txt=True, save_json=False)
+    collector.add_image("images/x.jpg", np.array([[0, 0, 50, 20, 0.75, 1]]), np.zeros((0, 5)), (40, 100))
+    assert (tmp_path / "labels" / "x.txt").read_text().split() == ["1", "0.250000", "0.250000", "0.500000",
+                                                                    "0.500000", "0.750000"]  # fmt: skip
 
 
 def test_missing_weights_give_one_error_line_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:

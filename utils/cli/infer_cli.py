@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from utils.cli.common_cli import RUNS, CliParser, add_run_folder_arguments
+import argparse
+
+from utils.cli.common_cli import LOGGER, RUNS, CliParser, add_run_folder_arguments
+from utils.plots.annotate import AnnotateOptions
 
 
 def val_parser(description: str | None = None) -> CliParser:
@@ -38,8 +41,24 @@ def detect_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
     parser.add_argument("--classes", nargs="+", type=int, default=None, help="keep only these class ids")
-    parser.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
+    parser.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt (cls x y w h)")
+    parser.add_argument("--save-conf", action="store_true", help="with --save-txt, add each box's confidence")
+    parser.add_argument("--save-crop", action="store_true", help="save each box's crop to crops/<class>/<stem>.jpg")
+    parser.add_argument("--nosave", action="store_true", help="do not save images/videos")
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     parser.add_argument("--line-thickness", type=int, default=2, help="box thickness (pixels)")
+    parser.add_argument("--hide-labels", action="store_true", help="draw boxes without labels")
+    parser.add_argument("--hide-conf", action="store_true", help="labels without confidences")
     add_run_folder_arguments(parser, RUNS / "detect")
     return parser
+
+
+def build_annotate_options(args: argparse.Namespace) -> AnnotateOptions:
+    """detect.py's output flags as ``AnnotateOptions``; --save-conf without --save-txt is ignored, as in yolov5."""
+    if args.save_conf and not args.save_txt:
+        LOGGER.warning("--save-conf has no effect without --save-txt, ignored")
+    return AnnotateOptions(
+        save_image=not args.nosave, save_txt=args.save_txt, save_conf=args.save_conf and args.save_txt,
+        save_crop=args.save_crop, hide_labels=args.hide_labels, hide_conf=args.hide_conf,
+        line_thickness=args.line_thickness,
+    )  # fmt: skip

@@ -137,7 +137,8 @@ class _Collector:
         """detections (n, 6) and ground truth (m, 5) in the pixels of an image of ``shape`` (h, w)."""
         self.accumulator.update(detections, ground_truth)
         if self.save_txt and self.save_dir is not None:
-            write_label_txt(self.save_dir / "labels" / f"{Path(path).stem}.txt", detections, shape)
+            # val.py's --save-txt has always written the confidence; detect.py asks for it with --save-conf.
+            write_label_txt(self.save_dir / "labels" / f"{Path(path).stem}.txt", detections, shape, save_conf=True)
         if self.save_json:
             image_id = len(self.coco_images)
             self.coco_images.append(image_entry(image_id, Path(path).name, *shape))

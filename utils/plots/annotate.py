@@ -1,23 +1,55 @@
-"""Detections drawn onto images and videos: a box and a ``name conf`` label per detection, in its class colour."""
+"""Detections drawn onto images and videos (a box and a ``name conf`` label per detection, in its class colour), and
+what detect.py writes per frame: the annotated copy, label txt and crops."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from utils.data.sources import is_video, read_frames
+from utils.errors import UserError
 from utils.evaluation.detector import Detector, summary
 from utils.evaluation.label_txt import write_label_txt
+from utils.plots.crops import save_crops
 
 PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
            (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
            (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203)]  # fmt: skip
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 TEXT_COLOUR = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """What detect.py writes per frame and how it labels boxes: yolov5's --nosave (``save_image=False``),
+    --save-txt, --save-conf, --save-crop, --hide-labels, --hide-conf and --line-thickness."""
+
+    save_image: bool = True
+    save_txt: bool = False
+    save_conf: bool = False
+    save_crop: bool = False
+    hide_labels: bool = False
+    hide_conf: bool = False
+    line_thickness: int = 2
+
+    @property
+    def saves_anything(self) -> bool:
+        return self.save_image or self.save_txt or self.save_crop
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame's console line (``2 circle, 1 star, 12.3ms``) and the files written for it."""
+
+    index: int
+    report: str
+    label_file: Path | None = None
+    crop_files: tuple[Path, ...] = ()
 
 
 def label_text(name: str, conf: float, hide_labels: bool = False, hide_conf: bool = False) -> str | None:
@@ -76,31 +108,70 @@ def draw(
     return image
 
 
-def annotate_file(
-    path: Path, detector: Detector, save_dir: Path, save_txt: bool = False, line_thickness: int = 2
-) -> Iterator[tuple[int, str]]:
-    """Detect on every frame of one image or video, write the annotated copy (and txt); yields a line per frame."""
+def annotate_file(path: Path, detector: Detector, save_dir: Path, options: AnnotateOptions) -> Iterator[FrameResult]:
+    """Detect on every frame of one image or video and write what ``options`` asks for: the annotated copy
+    (``save_dir/<name>``, videos as ``<stem>.mp4``), ``labels/<stem>.txt`` and ``crops/<class>/<stem>.jpg``, where a
+    video frame's stem is ``<stem>_<frame>``. Yields one ``FrameResult`` per frame."""
     video = is_video(path)
+    target = save_dir / (f"{path.stem}.mp4" if video else path.name)
+    if options.save_image and target.resolve() == path.resolve():
+        raise UserError(f"{path} is in the run folder {save_dir}: its annotated copy would overwrite it; "
+                        "pick another --project or --name")  # fmt: skip
     writer = None
     try:
         for frame_index, image, fps in read_frames(path):
             start = time.perf_counter()
             detections = detector(image)
             elapsed_ms = (time.perf_counter() - start) * 1000
-            annotated = draw(image, detections, detector.names, line_thickness)
-            if not video:
-                cv2.imwrite(str(save_dir / path.name), annotated)
-            else:
-                if writer is None:
-                    size = (image.shape[1], image.shape[0])
-                    writer = cv2.VideoWriter(
-                        str(save_dir / f"{path.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size
-                    )
-                writer.write(annotated)
-            if save_txt:
-                stem = f"{path.stem}_{frame_index}" if video else path.stem
-                write_label_txt(save_dir / "labels" / f"{stem}.txt", detections, image.shape)
-            yield frame_index, f"{summary(detections, detector.names)}, {elapsed_ms:.1f}ms"
+            if options.save_image:
+                annotated = draw(image, detections, detector.names, options.line_thickness, options.hide_labels,
+                                 options.hide_conf)  # fmt: skip
+                if not video:
+                    write_image(target, annotated)
+                else:
+                    writer = writer or video_writer(target, fps, image.shape)
+                    writer.write(annotated)
+            stem = f"{path.stem}_{frame_index}" if video else path.stem
+            label_file = save_dir / "labels" / f"{stem}.txt" if options.save_txt else None
+            if label_file is not None:
+                write_label_txt(label_file, detections, image.shape, options.save_conf)
+            crops = save_crops(image, detections, detector.names, save_dir / "crops", stem) if options.save_crop else []
+            report = f"{summary(detections, detector.names)}, {elapsed_ms:.1f}ms"
+            yield FrameResult(frame_index, report, label_file, tuple(crops))
     finally:
         if writer is not None:
             writer.release()
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise UserError(f"cannot write {path}")
+
+
+def video_writer(path: Path, fps: float, frame_shape: tuple[int, ...]) -> cv2.VideoWriter:
+    size = (frame_shape[1], frame_shape[0])
+    return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+
+
+@dataclass
+class SavedOutputs:
+    """What a detect run wrote, counted frame by frame, for its closing lines."""
+
+    label_files: int = 0
+    crop_files: int = 0
+
+    def add(self, frame: FrameResult) -> None:
+        self.label_files += frame.label_file is not None
+        self.crop_files += len(frame.crop_files)
+
+    def summary(self, save_dir: Path, options: AnnotateOptions) -> list[str]:
+        """``Results saved to ...`` (or why no image was saved), then how many labels and crops went where."""
+        if not options.saves_anything:
+            return ["Nothing saved (--nosave without --save-txt or --save-crop)"]
+        lines = [f"Results saved to {save_dir}" if options.save_image else "Images not saved (--nosave)"]
+        if options.save_txt:
+            conf = " with confidences" if options.save_conf else ""
+            lines.append(f"{self.label_files} labels saved to {save_dir / 'labels'}{conf}")
+        if options.save_crop:
+            lines.append(f"{self.crop_files} crops saved to {save_dir / 'crops'}")
+        return lines
