@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_detect_on_images_and_a_video(tiny_checkpoint: Path, val_images: Path, t
     arguments = ["--weights", str(tiny_checkpoint), "--img", "128", "--conf-thres", LOW_CONF, "--max-det", "3",
                  "--project", str(tmp_path / "runs"), "--save-txt", "--device", "cpu"]  # fmt: skip
     detect.main(cli.detect_parser().parse_args([*arguments, "--source", str(val_images)]))
-    detect.main(cli.detect_parser().parse_args([*arguments, "--source", str(video)]))
+    detect.main(cli.detect_parser().parse_args([*arguments, "--source", str(video), "--save-crop"]))
     images_run, video_run = tmp_path / "runs" / "exp", tmp_path / "runs" / "exp2"
     sources = sorted(val_images.glob("*.jpg"))  # other tests may leave disk-cache .npy files beside the images
     assert sorted(path.name for path in images_run.glob("*.jpg")) == [path.name for path in sources]
@@ -139,6 +140,8 @@ def test_detect_on_images_and_a_video(tiny_checkpoint: Path, val_images: Path, t
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     capture.release()
     assert sorted(path.name for path in (video_run / "labels").iterdir()) == ["clip_0.txt", "clip_1.txt", "clip_2.txt"]
+    crops = [path.name for path in (video_run / "crops").rglob("*.jpg")]  # a frame's crops carry its index
+    assert crops and all(re.fullmatch(r"clip_[012]\d*\.jpg", name) for name in crops)
     output = capsys.readouterr().out
     assert f"Results saved to {images_run}\n{len(sources)} labels saved to {images_run / 'labels'}\n" in output
     assert f"3 labels saved to {video_run / 'labels'}" in output

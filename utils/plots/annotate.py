@@ -129,7 +129,8 @@ def annotate_file(path: Path, detector: Detector, save_dir: Path, options: Annot
                 if not video:
                     write_image(target, annotated)
                 else:
-                    writer = writer or video_writer(target, fps, image.shape)
+                    if writer is None:
+                        writer = video_writer(target, fps, image.shape)
                     writer.write(annotated)
             stem = f"{path.stem}_{frame_index}" if video else path.stem
             label_file = save_dir / "labels" / f"{stem}.txt" if options.save_txt else None
