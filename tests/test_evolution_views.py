@@ -169,3 +169,22 @@ def test_plots_written(space, tmp_path):
 
 def test_header_helper_right_aligns():
     assert csv_header(["lr0"]).split(",")[-1] == " " * 17 + "lr0"
+
+
+@pytest.mark.parametrize("column", ["metrics/mAP_0.5", "lr0"])
+def test_a_bad_row_midway_adds_no_row(space, tmp_path, column):
+    """A nan in row 3 is refused before rows 1-2 enter the study, so the fixed file's rerun does not duplicate them."""
+    lines = yolov5_csv(space, 4).splitlines()
+    header = [name.strip() for name in lines[0].split(",")]
+    cells = lines[3].split(",")
+    cells[header.index(column)] = "nan"
+    lines[3] = ",".join(cells)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(UserError, match="line 4"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import_file(space, tmp_path, "\n".join(lines) + "\n", study=study)
+    assert study.trials == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, added = import_file(space, tmp_path, yolov5_csv(space, 4), study=study)
+    assert added == 4 and len(study.trials) == 4

@@ -92,7 +92,8 @@ def import_evolve_csv(
 ) -> int:
     """Add the csv's rows as COMPLETE children unless this file was imported before; returns rows added.
 
-    Call under the run lock. Values of evolved keys outside the meta bounds are clipped, with a warning.
+    Call under the run lock. Values of evolved keys outside the meta bounds are clipped, with a warning. A bad row
+    anywhere adds nothing, so that fixing the file and rerunning never duplicates the rows before it.
     """
     digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
     done = list(study.user_attrs.get(IMPORTS_ATTR, []))
@@ -100,11 +101,14 @@ def import_evolve_csv(
         return 0
     pairs = read_evolve_csv(path, space, meta_keys)
     distributions = space.distributions()
-    clipped_rows = 0
-    for row, (metrics, hyp) in enumerate(pairs):
+    clipped_rows, trials = 0, []
+    for row, (metrics, hyp) in enumerate(pairs):  # every row is checked before the first is added
         value = fitness(metrics)
         if not math.isfinite(value):
             raise UserError(f"{path} line {row + 2}: fitness is not finite ({value})")
+        bad = [key for key, cell in hyp.items() if isinstance(cell, float) and not math.isfinite(cell)]
+        if bad:
+            raise UserError(f"{path} line {row + 2}: {', '.join(bad)} is not a finite number")
         inside = clip_to_space(hyp, space)
         clipped_rows += inside != hyp
         params = {key: spec.cast(inside[key]) for key, spec in space.genes.items()}
@@ -119,7 +123,8 @@ def import_evolve_csv(
                 "source": f"{path.name}:{row + 2}",
             },  # fmt: skip
         )
-        study.add_trial(trial)
+        trials.append(trial)
+    study.add_trials(trials)
     if clipped_rows:
         warnings.warn(f"{path}: {clipped_rows} rows had values outside the meta bounds; clipped", stacklevel=2)
     study.set_user_attr(IMPORTS_ATTR, [*done, digest])
