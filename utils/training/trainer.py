@@ -25,7 +25,7 @@ from utils.training.ema import ModelEMA
 from utils.training.engine import StepContext, train_one_epoch
 from utils.training.hyp import derive_hyp
 from utils.training.loss import YoloLoss
-from utils.training.optim import build_optimizer
+from utils.training.optim import build_optimizer, freeze_layers
 from utils.training.options import TrainOptions
 from utils.training.run_outputs import RunOutputs
 from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations, warmup_trap
@@ -57,8 +57,12 @@ def build_detector(
     model = build_model(options.cfg, data.num_classes, anchors_per_level=anchors_per_level)
     if options.weights:
         checkpoint = load_checkpoint(options.weights)
-        loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=("anchors",))
+        # as yolov5: the checkpoint's (fitted) anchors are kept unless the hyp asks for new ones; AutoAnchor checks them
+        exclude = ("anchors",) if anchors_per_level else ()
+        loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=exclude)
         LOGGER.info(f"transferred {loaded} tensors from {options.weights}, skipped {skipped}")
+    if options.freeze:
+        LOGGER.info(freeze_layers(model, options.freeze))
     if options.autoanchor:
         fitted_anchors = {} if fitted_anchors is None else fitted_anchors
         key = (str(options.cfg), anchors_per_level, hyp["anchor_t"], data.img_size, options.seed)
