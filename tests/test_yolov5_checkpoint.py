@@ -1,5 +1,5 @@
-"""Tests for utils/training/yolov5_checkpoint.py: a real yolov5 .pt imports and reproduces yolov5's forward pass;
-crafted pickles are refused, naming the global, and run nothing."""
+"""Tests for utils/training/yolov5_checkpoint.py: a real yolov5 .pt imports, reproduces yolov5's forward pass and
+runs under val.py and detect.py; crafted pickles are refused, naming the global, and run nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
+import detect
+import val
 from models.common import Conv
-from utils.errors import UserError
+from utils import cli
+from utils.data.synthetic import generate_dataset
+from utils.errors import UserError, run_cli
 from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.training.yolov5_checkpoint import (
     InertLayer,
@@ -141,3 +146,36 @@ def test_a_foreign_object_pickle_is_not_taken_for_yolov5(tmp_path) -> None:
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # torch.nn layers are allowed, but there is no yolov5 model
     with pytest.raises(UserError, match="unrecognised checkpoint .*foreign.pt"):
         load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def six_class_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data yaml with the fixture's 6 classes: generated shapes, labels of the other classes dropped."""
+    folder = tmp_path_factory.mktemp("six_classes")
+    generate_dataset(folder / "shapes", seed=1, num_train=2, num_val=4, img_size=128)
+    for label_file in (folder / "shapes" / "labels").rglob("*.txt"):
+        rows = [row for row in label_file.read_text().splitlines() if int(row.split()[0]) < len(FIXTURE_NAMES)]
+        label_file.write_text("".join(f"{row}\n" for row in rows))
+    content = {"path": "shapes", "train": "images/train", "val": "images/val", "names": FIXTURE_NAMES}
+    yaml_path = folder / "six.yaml"
+    yaml_path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return yaml_path
+
+
+def test_val_runs_a_yolov5_checkpoint(six_class_data: Path, tmp_path: Path, capsys) -> None:
+    arguments = ["--weights", str(YOLOV5_PT), "--data", str(six_class_data), "--img", "128", "--batch", "4",
+                 "--workers", "0", "--device", "cpu", "--project", str(tmp_path), "--noplots"]  # fmt: skip
+    assert run_cli(lambda: val.main(cli.val_parser().parse_args(arguments))) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["all", "4"]
+    assert any(line.split()[0] in FIXTURE_NAMES for line in lines[2:] if line.split())
+
+
+def test_detect_runs_a_yolov5_checkpoint_with_its_class_names(six_class_data: Path, tmp_path: Path, capsys) -> None:
+    images = six_class_data.parent / "shapes" / "images" / "val"
+    arguments = ["--weights", str(YOLOV5_PT), "--source", str(images), "--img", "128", "--conf-thres", "0.00001",
+                 "--max-det", "3", "--project", str(tmp_path), "--save-txt", "--device", "cpu"]  # fmt: skip
+    assert run_cli(lambda: detect.main(cli.detect_parser().parse_args(arguments))) == 0
+    reports = [line for line in capsys.readouterr().out.splitlines() if line.startswith("1/")]
+    assert reports and any(name in reports[0] for name in FIXTURE_NAMES)
+    assert len(list((tmp_path / "exp" / "labels").glob("*.txt"))) == 4

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def train_parser(description: str | None = None) -> CliParser:
     """train.py's flags (yolov5's names), with the schedule and evolution groups."""
     parser = CliParser(description=description)
-    parser.add_argument("--weights", default="", help="initial weights .pt to transfer from ('' trains from scratch)")
+    parser.add_argument("--weights", default="", help="a .pt (ours or yolov5's) to start from ('': scratch)")
     freeze = "freeze layers: N freezes layers 0..N-1 (10: the backbone), several values those indices (default 0)"
     parser.add_argument("--freeze", type=int, nargs="+", default=[0], metavar="N", help=freeze)
     parser.add_argument("--cfg", default="yolov5n.yaml", help="model yaml: yolov5n/s/m/l/x.yaml or a path")
