@@ -16,6 +16,7 @@ import yaml
 import detect
 import val
 from models.common import Conv
+from models.yolo import Detect
 from utils import cli
 from utils.data.synthetic import generate_dataset
 from utils.errors import UserError, run_cli
@@ -179,3 +180,45 @@ def test_detect_runs_a_yolov5_checkpoint_with_its_class_names(six_class_data: Pa
     reports = [line for line in capsys.readouterr().out.splitlines() if line.startswith("1/")]
     assert reports and any(name in reports[0] for name in FIXTURE_NAMES)
     assert len(list((tmp_path / "exp" / "labels").glob("*.txt"))) == 4
+
+
+def yolov5_like_model(model_yaml: dict) -> torch.nn.Module:
+    """Pickles with yolov5's class paths (models.yolo.Detect): a model dict, a Detect layer with a stride attribute."""
+    root = torch.nn.Module()
+    root.yaml = model_yaml
+    root.model = torch.nn.Sequential(Detect(2, [[10, 13, 16, 30]], [8]))
+    del root.model[0]._buffers["stride"]
+    root.model[0].__dict__["stride"] = torch.ones(1)  # yolov5 keeps the stride as a plain attribute
+    return root
+
+
+def test_a_layer_that_contains_itself_is_refused(tmp_path) -> None:
+    root = yolov5_like_model({})
+    root.model[0].add_module("loop", root)
+    path = tmp_path / "loop.pt"
+    torch.save({"model": root}, path)
+    with pytest.raises(UserError, match="contains itself"):
+        load_checkpoint(path)
+
+
+def test_shared_layers_whose_names_multiply_are_refused(tmp_path) -> None:
+    root = yolov5_like_model({})
+    layer = torch.nn.Module()
+    for _ in range(20):  # each level reaches the next under two names: 2**20 names, yet only 20 objects
+        parent = torch.nn.Module()
+        parent.add_module("a", layer)
+        parent.add_module("b", layer)
+        layer = parent
+    root.model[0].add_module("tree", layer)
+    path = tmp_path / "tree.pt"
+    torch.save({"model": root}, path)
+    with pytest.raises(UserError, match="more than 100000 layers"):
+        load_checkpoint(path)
+
+
+def test_fields_of_unexpected_types_are_a_user_error(tmp_path) -> None:
+    root = yolov5_like_model({"nc": "six"})
+    path = tmp_path / "odd.pt"
+    torch.save({"model": root}, path)
+    with pytest.raises(UserError, match="unrecognised yolov5 checkpoint .*odd.pt: ValueError"):
+        load_checkpoint(path)

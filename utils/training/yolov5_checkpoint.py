@@ -31,6 +31,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 # Classes under these modules are layers (yolov5's own, torch's); they become placeholders and are never imported.
 LAYER_MODULES = ("models.", "torch.nn.modules.")
+MAX_LAYER_PATHS = 100_000  # yolov5x has under 1,000 layers; shared layers in a crafted pickle could make 2**n names
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -138,23 +139,41 @@ def read_restricted(path: str | Path) -> Any:
         raise UserError(f"corrupt or unreadable checkpoint {path}: {type(error).__name__}: {error}") from None
 
 
-def layer_state_dict(layer: InertLayer, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The state dict ``layer`` had (parameters, persistent buffers, then children's), fp16 turned to float32."""
-    state: dict[str, torch.Tensor] = {}
+def _own_tensors(layer: InertLayer, prefix: str) -> dict[str, torch.Tensor]:
+    """A layer's parameters and persistent buffers (not its children's), fp16 turned to float32."""
     non_persistent = layer.get("_non_persistent_buffers_set") or set()
     named = [*(layer.get("_parameters") or {}).items()]
     named += [(name, buffer) for name, buffer in (layer.get("_buffers") or {}).items() if name not in non_persistent]
+    tensors: dict[str, torch.Tensor] = {}
     for name, tensor in named:
         if tensor is None:
             continue
         if not isinstance(tensor, torch.Tensor):
             raise UserError(f"yolov5 checkpoint: {prefix}{name} is a {type(tensor).__name__}, not a tensor")
         tensor = tensor.detach()
-        state[prefix + name] = tensor.float() if tensor.is_floating_point() else tensor
-    for name, child in layer.children().items():
-        if isinstance(child, InertLayer):
-            state.update(layer_state_dict(child, f"{prefix}{name}."))
-    return state
+        tensors[prefix + name] = tensor.float() if tensor.is_floating_point() else tensor
+    return tensors
+
+
+def layer_state_dict(root: InertLayer) -> dict[str, torch.Tensor]:
+    """The state dict ``root`` had, in torch's order (a layer's own tensors, then its children's).
+
+    A layer may appear under several names (yolov5 shares one SiLU), but a crafted pickle could make a layer its
+    own descendant, or share layers so that the names multiply; both are refused instead of running forever.
+    """
+    state: dict[str, torch.Tensor] = {}
+    stack: list[tuple[InertLayer, str, frozenset[int]]] = [(root, "", frozenset())]
+    for _ in range(MAX_LAYER_PATHS):
+        if not stack:
+            return state
+        layer, prefix, ancestors = stack.pop()
+        if id(layer) in ancestors:
+            raise UserError(f"yolov5 checkpoint: layer {prefix.rstrip('.')} contains itself")
+        state.update(_own_tensors(layer, prefix))
+        inside = ancestors | {id(layer)}
+        children = [(child, f"{prefix}{name}.", inside) for name, child in layer.children().items()]
+        stack.extend(reversed([child for child in children if isinstance(child[0], InertLayer)]))
+    raise UserError(f"yolov5 checkpoint: more than {MAX_LAYER_PATHS} layers")
 
 
 def _detect_layer(model: InertLayer, path: Path) -> tuple[str, InertLayer]:
@@ -211,4 +230,8 @@ def convert_yolov5_checkpoint(raw: Any, path: Path) -> dict[str, Any]:
 def read_yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a .pt written by ultralytics/yolov5 safely and convert it (see ``convert_yolov5_checkpoint``)."""
     path = Path(path)
-    return convert_yolov5_checkpoint(read_restricted(path), path)
+    raw = read_restricted(path)
+    try:
+        return convert_yolov5_checkpoint(raw, path)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as error:  # pickled fields of odd types
+        raise UserError(f"unrecognised yolov5 checkpoint {path}: {type(error).__name__}: {error}") from None
