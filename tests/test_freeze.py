@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.yolo import build_model
+from tests.test_train_cli import TINY_ARGS, run_train
 from utils import cli
 from utils.data.prepared import prepare_data
 from utils.errors import UserError
@@ -93,6 +94,7 @@ def test_checkpoint_anchors_are_kept_unless_the_hyp_sets_anchors(prepared, hyp_a
     assert torch.equal(model.detect.anchors, fitted) == (hyp_anchors is None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", [BACKBONE, ()])
 def test_one_epoch_from_yolov5_weights_trains_only_unfrozen_layers(prepared, tmp_path, caplog, freeze) -> None:
     caplog.set_level(logging.INFO)
@@ -108,3 +110,15 @@ def test_one_epoch_from_yolov5_weights_trains_only_unfrozen_layers(prepared, tmp
     assert all(torch.equal(trained[name], start[name]) for name in backbone) == bool(freeze)
     assert not any(torch.equal(trained[name], start[name]) for name in head)
     assert ("freezing model.0. ... model.9." in caplog.text) == bool(freeze)
+
+
+@pytest.mark.slow
+def test_train_cli_fine_tunes_a_yolov5_checkpoint_with_freeze(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run_train("--data", str(tiny_dataset), *TINY_ARGS, "--project", str(tmp_path), "--name", "tune",
+                       "--weights", str(YOLOV5_PT), "--freeze", "10", "--noplots")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"transferred 344 tensors from {YOLOV5_PT}, skipped 6" in result.stderr  # the 6-class head is skipped
+    assert "freezing model.0. ... model.9. (" in result.stderr
+    start = load_checkpoint(YOLOV5_PT)["model"]
+    trained = load_checkpoint(tmp_path / "tune" / "weights" / "last.pt")["training_model"]
+    assert torch.equal(trained["model.9.cv2.conv.weight"], start["model.9.cv2.conv.weight"])
