@@ -57,7 +57,8 @@ def build_detector(
     model = build_model(options.cfg, data.num_classes, anchors_per_level=anchors_per_level)
     if options.weights:
         checkpoint = load_checkpoint(options.weights)
-        # as yolov5: the checkpoint's (fitted) anchors are kept unless the hyp asks for new ones; AutoAnchor checks them
+        # The checkpoint's anchors (fitted to its data) are kept, for AutoAnchor to check, unless the hyp asks for new
+        # ones. yolov5 also drops them whenever --cfg is given; here --cfg always is.
         exclude = ("anchors",) if anchors_per_level else ()
         loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=exclude)
         LOGGER.info(f"transferred {loaded} tensors from {options.weights}, skipped {skipped}")
