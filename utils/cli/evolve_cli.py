@@ -97,4 +97,5 @@ def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
 def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
     """What every child of one study must share: a worker started with other values may not join it."""
     keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
-    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs}
+    start = {"weights": str(args.weights), "freeze": list(args.freeze)}  # children fine-tuned alike
+    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs, **start}

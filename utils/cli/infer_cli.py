@@ -10,7 +10,7 @@ from utils.plots.annotate import AnnotateOptions
 
 def val_parser(description: str | None = None) -> CliParser:
     parser = CliParser(description=description)
-    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
+    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py or by ultralytics/yolov5")
     parser.add_argument("--data", default="shapes.yaml", help="data yaml")
     parser.add_argument("--batch-size", "--batch", type=int, default=32, help="batch size")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
@@ -34,7 +34,7 @@ def val_parser(description: str | None = None) -> CliParser:
 
 def detect_parser(description: str | None = None) -> CliParser:
     parser = CliParser(description=description)
-    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py")
+    parser.add_argument("--weights", required=True, help="checkpoint .pt written by train.py or by ultralytics/yolov5")
     parser.add_argument("--source", required=True, help="image, video, folder or glob (quote it: 'imgs/*.jpg')")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (pixels)")
     parser.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")

@@ -14,7 +14,7 @@ from utils.cli.evolve_cli import add_evolve_arguments, evolution_setup
 from utils.errors import UserError
 from utils.evaluation.fitness import parse_fitness_weights
 from utils.training.hyp import DEFAULT_HYP, read_hyp_file
-from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, optimizer_name
+from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, frozen_layer_indices, optimizer_name
 from utils.training.options import DistributedOptions, OutputOptions, TrainOptions
 from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
 
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 def train_parser(description: str | None = None) -> CliParser:
     """train.py's flags (yolov5's names), with the schedule and evolution groups."""
     parser = CliParser(description=description)
-    parser.add_argument("--weights", default="", help="initial weights .pt to transfer from ('' trains from scratch)")
+    parser.add_argument("--weights", default="", help="a .pt (ours or yolov5's) to start from ('': scratch)")
+    freeze = "freeze layers: N freezes layers 0..N-1 (10: the backbone), several values those indices (default 0)"
+    parser.add_argument("--freeze", type=int, nargs="+", default=[0], metavar="N", help=freeze)
     parser.add_argument("--cfg", default="yolov5n.yaml", help="model yaml: yolov5n/s/m/l/x.yaml or a path")
     parser.add_argument("--data", default="shapes.yaml", help="data yaml (default: the built-in shapes dataset)")
     parser.add_argument("--hyp", default=str(DEFAULT_HYP), help="hyperparameter yaml (default: scratch-low)")
@@ -124,6 +126,7 @@ def build_train_options(
         nominal_batch=args.nbs,
         cfg=args.cfg,
         weights=args.weights,
+        freeze=frozen_layer_indices(args.freeze),
         device=device,
         workers=args.workers,
         optimizer=args.optimizer,

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic saving, safe (weights-only) loading, rebuilding models and transferring weights."""
+"""Checkpoints: atomic saving, safe loading (weights-only, or yolov5's restricted), rebuilding models and
+transferring weights."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from torch import nn
 from models.yolo import DetectionModel, build_model
 from utils.errors import UserError
 from utils.files import atomic_path
+from utils.training.yolov5_checkpoint import read_yolov5_checkpoint, refuse_torchscript
 
 REQUIRED_KEYS = ("model_cfg", "num_classes", "model")
+# how torch.load's messages say weights-only refused a global (blocked modules lack the "WeightsUnpickler" part)
+REFUSED_MARKERS = ("WeightsUnpickler", "Weights only load failed")
 SAFE_TYPES = (torch.Tensor, str, int, float, bool, type(None))
 
 
@@ -60,19 +64,22 @@ def _reason(error: Exception) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint`` onto the CPU; any problem raises a one-line UserError."""
+    """Load a checkpoint onto the CPU; any problem raises a one-line UserError.
+
+    A checkpoint written by ``save_checkpoint`` loads weights-only; one written by ultralytics/yolov5 is read by
+    ``read_yolov5_checkpoint``'s restricted unpickler and converted to the same keys.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    refuse_torchscript(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "WeightsUnpickler" not in str(error):  # plain garbage, not a pickle that weights-only refused
+        if not any(word in str(error) for word in REFUSED_MARKERS):  # garbage, not a pickle weights-only refused
             raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
-        raise UserError(
-            f"refusing to load {path}: it holds Python objects, not only weights (a yolov5 or foreign "
-            f"checkpoint?): {_reason(error)}"
-        ) from None
+        # weights-only refused a Python object: a yolov5 .pt pickles its model; read it without running anything
+        checkpoint = read_yolov5_checkpoint(path)
     except Exception as error:  # torch.load fails on corrupt bytes with many exception types (IndexError, ...)
         raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
     if not isinstance(checkpoint, dict):

@@ -1,8 +1,10 @@
-"""Optimizers over three parameter groups, nominal-batch accumulation and the --lr-fit learning-rate clamp."""
+"""Optimizers over three parameter groups, frozen layers (--freeze), nominal-batch accumulation and the --lr-fit
+learning-rate clamp."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -59,6 +61,36 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             else:
                 groups["decay"].append(parameter)
     return groups
+
+
+def frozen_layer_indices(freeze: Sequence[int]) -> tuple[int, ...]:
+    """yolov5's --freeze: one value N means layers 0..N-1 (10 is the backbone, 0 nothing); several are indices."""
+    if any(index < 0 for index in freeze):
+        raise UserError(f"--freeze takes layer indices or a layer count >= 0, got {' '.join(map(str, freeze))}")
+    if len(freeze) <= 1:
+        return tuple(range(freeze[0] if freeze else 0))
+    return tuple(sorted(set(freeze)))
+
+
+def freeze_layers(model: nn.Module, layers: Sequence[int]) -> str:
+    """Stop gradients for the parameters of top-level layers ``layers`` (names ``model.<i>.``); returns a log line.
+
+    Frozen parameters get requires_grad=False, so ``parameter_groups`` leaves them out of the optimizer (no update,
+    no weight decay). Their BatchNorm layers stay in training mode and keep updating running statistics, as in
+    yolov5.
+    """
+    model = unwrap_model(model)
+    num_layers = len(model.model)
+    outside = [index for index in layers if index >= num_layers]
+    if outside:
+        raise UserError(f"--freeze: the model has layers 0-{num_layers - 1}, not {' '.join(map(str, outside))}")
+    prefixes = tuple(f"model.{index}." for index in layers)
+    frozen = [parameter for name, parameter in model.named_parameters() if name.startswith(prefixes)]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    contiguous = len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1))
+    shown = f"{prefixes[0]} ... {prefixes[-1]}" if contiguous else " ".join(prefixes)
+    return f"freezing {shown} ({len(frozen)} tensors)"
 
 
 def build_optimizer(

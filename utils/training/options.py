@@ -42,6 +42,7 @@ class TrainOptions:
     nominal_batch: int = 64  # images per optimizer step that hyp values are tuned for (yolov5's nbs)
     cfg: str = "yolov5n.yaml"
     weights: str = ""  # a .pt to transfer matching tensors from
+    freeze: tuple[int, ...] = ()  # top-level layers whose parameters never train (--freeze, resolved)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int = 2
     optimizer: str = "SGD"

@@ -25,7 +25,7 @@ from utils.training.ema import ModelEMA
 from utils.training.engine import StepContext, train_one_epoch
 from utils.training.hyp import derive_hyp
 from utils.training.loss import YoloLoss
-from utils.training.optim import build_optimizer
+from utils.training.optim import build_optimizer, freeze_layers
 from utils.training.options import TrainOptions
 from utils.training.run_outputs import RunOutputs
 from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations, warmup_trap
@@ -57,8 +57,13 @@ def build_detector(
     model = build_model(options.cfg, data.num_classes, anchors_per_level=anchors_per_level)
     if options.weights:
         checkpoint = load_checkpoint(options.weights)
-        loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=("anchors",))
+        # The checkpoint's anchors (fitted to its data) are kept, for AutoAnchor to check, unless the hyp asks for new
+        # ones. yolov5 also drops them whenever --cfg is given; here --cfg always is.
+        exclude = ("anchors",) if anchors_per_level else ()
+        loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=exclude)
         LOGGER.info(f"transferred {loaded} tensors from {options.weights}, skipped {skipped}")
+    if options.freeze:
+        LOGGER.info(freeze_layers(model, options.freeze))
     if options.autoanchor:
         fitted_anchors = {} if fitted_anchors is None else fitted_anchors
         key = (str(options.cfg), anchors_per_level, hyp["anchor_t"], data.img_size, options.seed)
