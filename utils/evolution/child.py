@@ -35,7 +35,7 @@ class ChildContext:
     hyp: dict[str, float | str]  # numbers, and choice names for choice genes ("optimizer": "AdamW")
     trial: optuna.Trial
     run_dir: Path
-    name: str  # the run's name: "12" for child 12, "12-confirm-seed1" for an evaluation of it
+    name: str  # the run's name: "12" for child 12, "12-repeat-seed1" for an evaluation of it
     train_seed: int = 0
     epochs: int | None = None
     pruning: bool = False  # whether the study's pruner may stop this run (never for evaluations)
