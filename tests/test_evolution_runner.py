@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from tests.evolve_worker import synthetic_metrics
 from utils.errors import UserError
 from utils.evolution import load_meta, run
-from utils.evolution.evaluations import TrustPlan
+from utils.evolution.evaluations import TrustPlan, evaluation_study
 from utils.training.hyp import load_hyp
 
 
@@ -117,6 +117,18 @@ def test_without_prune_reports_never_prune(tmp_path):
 
     study = run(reporting, load_hyp(), load_meta(), 7, run_dir=tmp_path, plots=False)
     assert all(trial.state == TrialState.COMPLETE for trial in study.trials)
+    expected = [{0: 1.0, 1: 1.0}] * 5 + [{0: 0.0, 1: 0.0}] * 2
+    assert [trial.intermediate_values for trial in study.trials] == expected, "the dashboard's learning curves"
+
+
+def test_the_objective_is_named_fitness_once_per_study(tmp_path):
+    trust = TrustPlan(confirm=0, confirm_seeds=1)
+    run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, plots=False, trust=trust)
+    study = run(instant, load_hyp(), load_meta(), 3, run_dir=tmp_path, plots=False, trust=trust)  # a rerun joins
+    assert study.metric_names == ["fitness"]
+    assert evaluation_study(study).metric_names == ["fitness"]
+    names_set = (tmp_path / "study.journal").read_text().count("study:metric_names")
+    assert names_set == 2, "named once per study (children, evaluations), not again by a rerun or joining worker"
 
 
 def test_child_context_and_saved_children(tmp_path):

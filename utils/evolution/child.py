@@ -24,7 +24,7 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class ChildContext:
-    """What the objective gets besides the hyp: who the child is, where its files go, and pruning reports.
+    """What the objective gets besides the hyp: who the child is, where its files go, and per-epoch reports.
 
     ``train_seed`` is the training seed this evaluation must use (every child trains with the evolution's seed; a
     repeat of a child uses another), and ``epochs`` a length to train instead of the usual one (fidelity runs).
@@ -35,13 +35,16 @@ class ChildContext:
     hyp: dict[str, float | str]  # numbers, and choice names for choice genes ("optimizer": "AdamW")
     trial: optuna.Trial
     run_dir: Path
+    name: str  # the run's name: "12" for child 12, "12-repeat-seed1" for an evaluation of it
     train_seed: int = 0
     epochs: int | None = None
+    pruning: bool = False  # whether the study's pruner may stop this run (never for evaluations)
 
     def report(self, step: int, fitness: float) -> None:
-        """Record an intermediate fitness; raises ``optuna.TrialPruned`` when pruning is on and the child lags."""
+        """Record an intermediate fitness (the study's learning curve of this run); with pruning on, raises
+        ``optuna.TrialPruned`` when the pruner stops the child here."""
         self.trial.report(float(fitness), step)
-        if self.trial.should_prune():
+        if self.pruning and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} with fitness {fitness:.5g}")
 
 
@@ -105,8 +108,11 @@ def run_child(
     child = {"index": trial.number, "seed": seed, "child_seed": child_seed(seed, trial.number), "train_seed": seed}
     trial.set_user_attr("child", child)
     trial.set_user_attr("lineage", lineage)
-    folder = child_directory(run_dir, str(trial.number), save_children)
-    context = ChildContext(trial.number, child_seed(seed, trial.number), dict(hyp), trial, run_dir, train_seed=seed)
+    name = str(trial.number)
+    pruning = not isinstance(study.pruner, optuna.pruners.NopPruner)
+    context = ChildContext(trial.number, child_seed(seed, trial.number), dict(hyp), trial, run_dir, name,
+                           train_seed=seed, pruning=pruning)  # fmt: skip
+    folder = child_directory(run_dir, name, save_children)
     return record_run(study, trial, objective, score, context, folder)
 
 
@@ -125,7 +131,7 @@ def run_evaluation(
     hyp = dict(child.user_attrs["hyp"])
     trial.set_user_attr("hyp", hyp)
     name = f"{task.child}-{task.kind}-seed{task.seed}" + (f"-{task.epochs}ep" if task.epochs else "")
-    context = ChildContext(task.child, child_seed(seed, task.child), hyp, trial, run_dir, task.seed, task.epochs)
+    context = ChildContext(task.child, child_seed(seed, task.child), hyp, trial, run_dir, name, task.seed, task.epochs)
     return record_run(evaluations, trial, objective, score, context, child_directory(run_dir, name, save_children))
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children
+from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children, name_metric
 
 TASK_ATTR = "task"
 SURPLUS_ATTR = "surplus"
@@ -52,7 +52,7 @@ class TrustPlan:
 
 def evaluation_study(children: optuna.Study) -> optuna.Study:
     """The evaluations study beside ``children``, in the same storage (created on first use)."""
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=children._storage,  # the same journal file or database as the children
         study_name=f"{children.study_name}/evaluations",
         sampler=optuna.samplers.RandomSampler(),  # never asked for a value: tasks name their hyp
@@ -60,6 +60,7 @@ def evaluation_study(children: optuna.Study) -> optuna.Study:
         direction="maximize",
         load_if_exists=True,
     )
+    return name_metric(study)
 
 
 def fresh_seeds(seed: int, count: int) -> list[int]:

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ POSTGRES_SCHEMES = {"postgresql", "postgres"}  # without a driver name
 POSTGRES_DRIVER = "postgresql+psycopg2"
 DEFAULT_POSTGRES_PORT = 5432
 HEARTBEAT_ATTR = "heartbeat"
+METRIC_NAME = "fitness"  # what the objective is called in optuna-dashboard and trials_dataframe
 
 
 def run_lock(run_dir: Path) -> FileLock:
@@ -108,7 +110,7 @@ def open_study(
     pruner: optuna.pruners.BasePruner,
 ) -> optuna.Study:
     """Create the study, or join it when another worker (or an earlier run) already made it."""
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=open_storage(run_dir, storage),
         study_name=study_name,
         sampler=sampler,
@@ -116,6 +118,17 @@ def open_study(
         direction="maximize",
         load_if_exists=True,
     )
+    return name_metric(study)
+
+
+def name_metric(study: optuna.Study) -> optuna.Study:
+    """Name the objective ``fitness`` (optuna-dashboard shows "Objective Value" otherwise), once: a study that a
+    worker or an earlier run already named is not written again."""
+    if study.metric_names != [METRIC_NAME]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
+    return study
 
 
 def damaged_journal_error(journal: Path, error: Exception) -> UserError:

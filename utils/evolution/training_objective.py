@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from utils.errors import UserError
 from utils.evolution.child import ChildContext
@@ -19,7 +20,11 @@ from utils.evolution.storage import check_storage
 from utils.training.hyp import HYP_CHOICES, HYP_RANGES, split_choices
 from utils.training.options import TrainOptions
 
+if TYPE_CHECKING:
+    from utils.training.tensorboard_log import TensorBoardLog
+
 LOGGER = logging.getLogger(__name__)
+TENSORBOARD_FOLDER = "tensorboard"  # in the evolution's folder: one event-file folder per child (child_<number>)
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,23 @@ def child_options(options: TrainOptions, hyp: Mapping[str, float | str]) -> tupl
     return numbers, options
 
 
+def epoch_reporter(child: ChildContext, board: TensorBoardLog) -> Callable[[int, dict[str, float]], None]:
+    """The ``on_epoch_end`` of a child: its metrics and fitness at each validated epoch, to its TensorBoard folder
+    by epoch, and to the study by epochs trained, the unit of the pruners' rungs
+    (utils/evolution/pruning.py); the pruner may stop the child there."""
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        board.scalars(epoch, metrics)
+        child.report(epoch + 1, metrics["fitness"])
+
+    return on_epoch_end
+
+
 def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
     from utils.data.prepared import prepare_data
     from utils.training.checkpoint import load_checkpoint
+    from utils.training.tensorboard_log import TensorBoardLog
     from utils.training.trainer import FittedAnchors, check_run, train
 
     if job.options.distributed.world_size > 1:
@@ -107,14 +125,20 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         # Every child trains with the same seed (common random numbers: the same batches and augmentation draws),
         # so fitness differences come from the hyp rather than from luck; the mutation itself uses child.seed.
         # Repeats train with other seeds (the noise) and fidelity runs longer (child.train_seed, child.epochs).
-        # Like yolov5, children validate only their final epoch, unless pruning needs a fitness every epoch.
+        # Like yolov5, children validate only their final epoch, unless pruning needs a fitness every epoch. Each
+        # validated epoch is reported to the study (the dashboard's intermediate values) and to TensorBoard.
         numbers, options = child_options(base_options, hyp)
         options = options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
         options = dataclasses.replace(options, validate_every_epoch=pruning, seed=child.train_seed,
                                       epochs=child.epochs or base_options.epochs)  # fmt: skip
-        # The step is the number of epochs trained, the unit of the pruners' rungs (utils/evolution/pruning.py).
-        report = (lambda epoch, metrics: child.report(epoch + 1, metrics["fitness"])) if pruning else None
-        return train(numbers, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
+        board = TensorBoardLog(evolution.run_dir / TENSORBOARD_FOLDER / f"child_{child.name}")
+        try:
+            metrics = train(numbers, options, data, on_epoch_end=epoch_reporter(child, board),
+                            fitted_anchors=fitted_anchors)  # fmt: skip
+            board.scalars(board.last_step or 0, {"final/fitness": metrics["fitness"]})
+        finally:
+            board.close()
+        return metrics
 
     try:
         run(

@@ -16,6 +16,7 @@ from utils.plots.training import plot_lr
 from utils.training.checkpoint import float_state_dict, save_checkpoint
 from utils.training.distributed import unwrap_model
 from utils.training.schedule import learning_rate_curve
+from utils.training.tensorboard_log import TensorBoardLog
 from utils.yolo_csv import format_header, format_row
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class RunOutputs:
         self.options, self.hyp, self.data, self.context = options, hyp, data, context
         self.save_dir: Path | None = Path(options.outputs.save_dir) if options.outputs.save_dir is not None else None
         self.weights_dir = self.save_dir / "weights" if self.save_dir is not None else None
+        self.tensorboard = TensorBoardLog()  # opened by start(): event files go into the run folder
 
     def start(self, dataset, loader) -> None:
         """hyp.yaml, opt.yaml, labels.jpg and train_batch0.jpg, before the first epoch."""
@@ -53,10 +55,12 @@ class RunOutputs:
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
         (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(self.options.outputs.record, sort_keys=False))
+        self.tensorboard = TensorBoardLog(self.save_dir)
         if self.options.outputs.plots and not self.options.resume:
             plot_labels(self.data.train_split, self.data.names, self.save_dir / "labels.jpg")
             images, targets, paths, _ = next(iter(loader))
             plot_batch(images, targets, paths, self.data.names, self.save_dir / "train_batch0.jpg")
+            self.tensorboard.images({name: self.save_dir / f"{name}.jpg" for name in ("labels", "train_batch0")})
 
     def end_epoch(
         self, epoch: int, metrics: dict[str, float], improved: bool, best_fitness: float, model, final: bool
@@ -72,6 +76,7 @@ class RunOutputs:
         lines.append(format_row([float(row.get(name, float("nan"))) for name in RESULT_COLUMNS]))
         with csv_path.open("a") as handle:
             handle.write("\n".join(lines) + "\n")
+        self.tensorboard.scalars(epoch, {name: row[name] for name in RESULT_COLUMNS[1:] if name in row})
         if self.options.outputs.save_weights or final:
             self.save_weights(model, epoch, metrics, best_fitness, improved)
 
@@ -95,6 +100,7 @@ class RunOutputs:
 
     def finish(self, model: nn.Module, context: StepContext) -> None:
         """results.png and lr.png after the last epoch."""
+        self.tensorboard.close()
         if self.save_dir is None or not self.options.outputs.plots:
             return
         if (self.save_dir / "results.csv").exists():
