@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> None:
     if int(checkpoint["num_classes"]) != len(names):
         raise UserError(
             f"{args.weights} predicts {checkpoint['num_classes']} classes but {config.yaml_path} has {len(names)}"
+            + (" with --single-cls" if single_cls else "")
         )
     save_dir = None if speed_only else increment_path(Path(args.project) / args.name, args.exist_ok)
     validation = run_validation(

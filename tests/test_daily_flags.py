@@ -338,3 +338,11 @@ def test_bad_combinations_are_one_line_errors(rect_yaml, tmp_path, flags, messag
     assert result.returncode != 0 and "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+
+
+def test_val_single_cls_refuses_a_multi_class_checkpoint(tiny_dataset, tiny_checkpoint, tmp_path):
+    result = run_script("val.py", "--weights", str(tiny_checkpoint), "--data", str(tiny_dataset), "--single-cls",
+                        "--img", "64", "--device", "cpu", "--workers", "0", "--project", str(tmp_path))  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "has 1 with --single-cls" in error_lines[0], result.stderr[-2000:]
