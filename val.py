@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from utils import cli
-from utils.data.config import DataConfig, load_data_config
+from utils.data.config import DataConfig, load_data_config, single_class_names
 from utils.data.dataset import prepare_split
 from utils.data.prepared import validation_loader
 from utils.device import select_device
@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parent
 
 
 def build_loader(
-    data_yaml: str, split_name: str, img_size: int, batch_size: int, workers: int, stride: int
+    data_yaml: str, split_name: str, img_size: int, batch_size: int, workers: int, stride: int, single_cls: bool = False
 ) -> tuple[DataConfig, DataLoader]:
-    """(DataConfig, rectangular DataLoader) over one split of a data yaml, as validation during training uses."""
+    """(DataConfig, rectangular DataLoader) over one split of a data yaml, as validation during training uses;
+    ``single_cls`` makes every label class 0, as training with --single-cls did."""
     config = load_data_config(data_yaml)
-    split, _ = prepare_split(config, split_name, img_size)
+    split, _ = prepare_split(config, split_name, img_size, single_cls=single_cls)
     return config, validation_loader(split, img_size, batch_size, workers, stride)
 
 
@@ -46,19 +47,23 @@ def main(args: argparse.Namespace) -> None:
     model = model_from_checkpoint(checkpoint).to(device)
     stride = int(model.stride.max())
     speed_only = args.task == "speed"
+    single_cls = args.single_cls or bool(checkpoint.get("single_cls"))
+    if single_cls:
+        print("--single-cls: every object is scored as one class" + ("" if args.single_cls else " (as trained)"))
     config, loader = build_loader(
-        args.data, "val" if speed_only else args.task, args.imgsz, args.batch_size, args.workers, stride
+        args.data, "val" if speed_only else args.task, args.imgsz, args.batch_size, args.workers, stride, single_cls
     )
-    if int(checkpoint["num_classes"]) != config.num_classes:
+    names = single_class_names(config.names) if single_cls else config.names
+    if int(checkpoint["num_classes"]) != len(names):
         raise UserError(
-            f"{args.weights} predicts {checkpoint['num_classes']} classes but {config.yaml_path} has "
-            f"{config.num_classes}"
+            f"{args.weights} predicts {checkpoint['num_classes']} classes but {config.yaml_path} has {len(names)}"
+            + (" with --single-cls" if single_cls else "")
         )
     save_dir = None if speed_only else increment_path(Path(args.project) / args.name, args.exist_ok)
     validation = run_validation(
         model,
         loader,
-        config.names,
+        names,
         device=device,
         half=args.half,
         save_dir=save_dir,
@@ -74,7 +79,7 @@ def main(args: argparse.Namespace) -> None:
 
         plot_validation(validation.accumulator, save_dir)
     if not speed_only:
-        print(validation.table(per_class=args.verbose or config.num_classes < 50))
+        print(validation.table(per_class=args.verbose or len(names) < 50))
     speed = validation.speed_ms
     print(
         f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "

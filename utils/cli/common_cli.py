@@ -63,6 +63,7 @@ FLAG_MINIMUMS = (
     ("--fidelity-epochs", "fidelity_epochs", 1, "epochs"),
     ("--min-warmup-iters", "min_warmup_iters", 0, "warmup iterations"),
     ("--coco-max-dets", "coco_max_dets", 1, "detections per image and class"),
+    ("--save-period", "save_period", -1, "epochs between epochN.pt checkpoints, -1 for none"),
 )
 
 

@@ -98,4 +98,8 @@ def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
     """What every child of one study must share: a worker started with other values may not join it."""
     keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
     start = {"weights": str(args.weights), "freeze": list(args.freeze)}  # children fine-tuned alike
-    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs, **start}
+    # The training modes change what a child trains on or is scored on (one class), so fitness values from
+    # different modes are not comparable; --save-period is not here, children save no epoch files.
+    modes = {"single_cls": args.single_cls, "rect": args.rect, "multi_scale": args.multi_scale,
+             "image_weights": args.image_weights}  # fmt: skip
+    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs, **start, **modes}

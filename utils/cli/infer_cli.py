@@ -23,6 +23,9 @@ def val_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers")
     parser.add_argument("--half", action="store_true", help="FP16 autocast inference (CUDA only)")
+    parser.add_argument(
+        "--single-cls", action="store_true", help="score every object as one class (default: as trained)"
+    )
     parser.add_argument("--save-txt", action="store_true", help="save detections to labels/*.txt (with conf)")
     parser.add_argument("--save-json", action="store_true", help="save COCO json and print the reference mAP")
     parser.add_argument("--noplots", action="store_true", help="save no plots")

@@ -56,8 +56,30 @@ def train_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--min-warmup-iters", type=int, default=MIN_WARMUP_ITERS, metavar="N", help=warmup)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     add_schedule_arguments(parser)
+    add_mode_arguments(parser)
     add_evolve_arguments(parser)
     return parser
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add yolov5's --single-cls, --rect, --multi-scale, --image-weights and --save-period."""
+    group = parser.add_argument_group("yolov5 training modes")
+    group.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    group.add_argument("--rect", action="store_true", help="rectangular training batches (no mosaic, no shuffle)")
+    group.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%% per batch")
+    group.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
+    group.add_argument("--save-period", type=int, default=-1, help="save weights/epochN.pt every N epochs (-1: off)")
+    return parser
+
+
+def check_mode_combinations(args: argparse.Namespace, world_size: int) -> None:
+    """Refuse the training modes that cannot work together, each with its own one-line reason."""
+    if args.rect and args.image_weights:
+        raise UserError("--image-weights draws images regardless of --rect's aspect-ordered batches; drop one")
+    if world_size > 1 and args.image_weights:
+        raise UserError("--image-weights is not supported under DDP (torchrun), as in yolov5; train on one device")
+    if world_size > 1 and args.rect:
+        raise UserError("--rect is not supported under DDP (torchrun): the ranks would split its rectangular batches")
 
 
 def add_schedule_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -120,6 +142,9 @@ def build_train_options(
     args: argparse.Namespace, device: torch.device, rank: int = -1, world_size: int = 1
 ) -> TrainOptions:
     """Turn parsed train.py options into the trainer's explicit ``TrainOptions`` (no folder yet)."""
+    check_mode_combinations(args, world_size)
+    outputs = OutputOptions(save_weights=not args.nosave, plots=not args.noplots, record=recorded_options(args),
+                            save_period=args.save_period)  # fmt: skip
     return TrainOptions(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -143,7 +168,11 @@ def build_train_options(
         gpu_augment=args.gpu_augment,
         min_warmup_iters=args.min_warmup_iters,
         resume=args.resume if isinstance(args.resume, str) else None,
-        outputs=OutputOptions(save_weights=not args.nosave, plots=not args.noplots, record=recorded_options(args)),
+        single_cls=args.single_cls,
+        rect=args.rect,
+        multi_scale=args.multi_scale,
+        image_weights=args.image_weights,
+        outputs=outputs,
         distributed=DistributedOptions(rank=rank, world_size=world_size, sync_bn=args.sync_bn),
     )
 

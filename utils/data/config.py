@@ -22,6 +22,7 @@ GENERATE_KEYS = {"seed", "train", "val", "img_size"}
 # train.py options a data yaml may recommend under ``defaults:`` (used only where the command line is silent)
 TRAIN_DEFAULT_TYPES = {"hyp": str, "optimizer": str, "epochs": int, "nbs": int, "close_mosaic": int}
 DOWNLOAD_SCHEMES = {"http", "https", "file"}
+SINGLE_CLASS_NAME = "item"  # yolov5's name for the one class of --single-cls
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class DataConfig:
         if split not in self.splits:
             raise UserError(f"{self.yaml_path}: no '{split}' split")
         return list_images(self.splits[split], self.root)
+
+
+def single_class_names(names: list[str]) -> list[str]:
+    """--single-cls: one class, keeping the name of a data set that has only one, else yolov5's 'item'."""
+    return list(names) if len(names) == 1 else [SINGLE_CLASS_NAME]
 
 
 def resolve_yaml_path(path: str | Path) -> Path:

@@ -22,7 +22,8 @@ from utils.data.augment import (
 )
 from utils.data.config import DataConfig
 from utils.data.image_cache import ImageCache, load_resized
-from utils.data.labels import LabeledSplit, scan_split
+from utils.data.image_weights import draw_weighted
+from utils.data.labels import LabeledSplit, as_single_class, scan_split
 
 Item = tuple[torch.Tensor, torch.Tensor, str, tuple | None]
 
@@ -78,6 +79,7 @@ class YoloDataset(Dataset):
         self.use_mosaic = augment and not rect  # mosaic squares would defeat rectangular batches
         self.order = np.arange(len(split))
         self.batch_shapes = None
+        self.image_weights: np.ndarray | None = None  # --image-weights: EpochSampler draws by these
         if rect:
             self.order, self.batch_shapes = rect_batch_shapes(split.shapes, batch_size, img_size, stride, pad)
 
@@ -90,6 +92,12 @@ class YoloDataset(Dataset):
     def close_mosaic(self) -> None:
         """Turn mosaic (and with it mixup) off, usually for the last epochs."""
         self.use_mosaic = False
+
+    def set_image_weights(self, weights: np.ndarray | None) -> None:
+        """--image-weights: from the next epoch, draw split images with replacement in proportion to ``weights``."""
+        if self.rect and weights is not None:  # a drawn image would land in another image's rectangular batch
+            raise ValueError("image weights need a dataset without rect batches")
+        self.image_weights = weights
 
     def load_image(self, split_index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """BGR image with its long side ``img_size`` -> (image, (h0, w0), (h, w))."""
@@ -158,6 +166,7 @@ class YoloDataset(Dataset):
 
 class EpochSampler(Sampler[int]):
     """Shuffles with a generator seeded by (seed, dataset epoch), so an epoch's order is reproducible on resume.
+    A dataset with ``image_weights`` (--image-weights) is instead drawn with replacement in proportion to them.
 
     With ``world_size > 1`` each rank takes every ``world_size``-th index of the same permutation.
     """
@@ -168,7 +177,10 @@ class EpochSampler(Sampler[int]):
         self.num_samples = math.ceil(len(dataset) / world_size)
 
     def __iter__(self):
-        if self.shuffle:
+        if self.dataset.image_weights is not None:
+            indices = draw_weighted(self.dataset.image_weights, np.random.default_rng([self.seed, self.dataset.epoch]))
+            indices = indices.tolist()
+        elif self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.dataset.epoch)
             indices = torch.randperm(len(self.dataset), generator=generator).tolist()
         else:
@@ -213,9 +225,14 @@ def build_dataloader(
 
 
 def prepare_split(
-    config: DataConfig, split_name: str, img_size: int, cache_mode: str | None = None
+    config: DataConfig, split_name: str, img_size: int, cache_mode: str | None = None, single_cls: bool = False
 ) -> tuple[LabeledSplit, ImageCache | None]:
-    """Scan a split of a data config once (label cache) and optionally cache its resized images."""
+    """Scan a split of a data config once (label cache) and optionally cache its resized images.
+
+    ``single_cls`` makes every label class 0 after the scan, which still checks classes against the yaml's names.
+    """
     split = scan_split(config.image_files(split_name), config.num_classes, name=split_name)
+    if single_cls:
+        split = as_single_class(split)
     image_cache = ImageCache(split, img_size, cache_mode) if cache_mode else None
     return split, image_cache

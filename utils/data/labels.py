@@ -7,6 +7,7 @@ other half is background.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -246,6 +247,12 @@ def scan_split(image_files: list[Path], num_classes: int, name: str = "split", u
         raise UserError(f"{name}: no usable images among {len(image_files)} ({report.corrupt} corrupt)")
     split = LabeledSplit(kept_files, labels, segments, np.array(shapes, np.int64).reshape(-1, 2), report, name)
     return split
+
+
+def as_single_class(split: LabeledSplit) -> LabeledSplit:
+    """A copy of ``split`` whose every label is class 0 (--single-cls); boxes and segments are unchanged."""
+    labels = [np.concatenate([np.zeros_like(rows[:, :1]), rows[:, 1:]], 1) for rows in split.labels]
+    return dataclasses.replace(split, labels=labels)
 
 
 def label_sizes(shapes: np.ndarray, labels: list[np.ndarray], img_size: int) -> np.ndarray:

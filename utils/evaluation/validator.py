@@ -21,7 +21,7 @@ from utils.evaluation.coco_json import (
     write_json,
 )
 from utils.evaluation.label_txt import write_label_txt
-from utils.evaluation.metrics import DetectionMetrics, format_class_table
+from utils.evaluation.metrics import MAP50_95, DetectionMetrics, format_class_table
 from utils.evaluation.postprocess import non_max_suppression
 
 LossFunction = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -41,6 +41,13 @@ class Validation:
     def table(self, per_class: bool = True) -> str:
         """yolov5's per-class table."""
         return format_class_table(self.results, per_class)
+
+    def class_maps(self, num_classes: int) -> np.ndarray:
+        """(num_classes,) mAP@0.5:0.95 per class; a class without ground truth here gets the overall mAP (yolov5)."""
+        maps = np.full(num_classes, self.metrics[MAP50_95])
+        for entry in self.results["per_class"]:
+            maps[entry["class"]] = entry[MAP50_95]
+        return maps
 
 
 def validate(model: nn.Module, dataloader: Iterable, names: list[str], **options: Any) -> dict[str, float]:

@@ -109,13 +109,15 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     if job.options.weights:
         load_checkpoint(job.options.weights)  # a missing or corrupt file fails now, not after the dataset scan
     try:  # RAM by default, so children never decode an image twice
-        data = prepare_data(job.data, job.img_size, job.cache or "ram")
+        data = prepare_data(job.data, job.img_size, job.cache or "ram", single_cls=job.options.single_cls)
     except UserError as error:
         if job.cache or "memory" not in str(error):
             raise
         LOGGER.info(f"not caching images in RAM ({error}); children will read them from disk")
-        data = prepare_data(job.data, job.img_size, None)
-    base_options = job.options.with_outputs(plots=False, show_progress=False)
+        data = prepare_data(job.data, job.img_size, None, single_cls=job.options.single_cls)
+    if job.options.outputs.save_period > 0:
+        LOGGER.warning("--save-period: evolution children save no epoch checkpoints; ignored")
+    base_options = job.options.with_outputs(plots=False, show_progress=False, save_period=-1)
     fitted_anchors: FittedAnchors = {}  # AutoAnchor once per anchor setting, for every child of this worker
     check_run(job.base_hyp, base_options, data, fitted_anchors)  # a bad flag fails once, not in every child
 

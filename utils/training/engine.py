@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -16,10 +19,46 @@ from utils.training.schedule import Scheduler, apply_iteration, iteration_settin
 
 LOSS_TERMS = ("box_loss", "obj_loss", "cls_loss")
 GRADIENT_CLIP_NORM = 10.0
+MULTI_SCALE_RANGE = (0.5, 1.5)  # --multi-scale: yolov5's image size +/- 50%
 
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite; the run stops rather than train on garbage (last.pt is kept)."""
+
+
+@dataclass(frozen=True)
+class MultiScale:
+    """--multi-scale: batch ``k`` of ``epoch`` is resized with ``default_rng([seed, epoch, k])``, so a seed gives the
+    same sizes on every run, on resume and on every rank."""
+
+    img_size: int
+    stride: int  # the model's largest stride; sizes are multiples of it
+    seed: int
+
+
+def multi_scale_range(img_size: int, stride: int) -> tuple[int, int]:
+    """(smallest, largest) side ``multi_scale_batch`` can draw: stride multiples around 0.5x and 1.5x ``img_size``."""
+    low, high = (int(img_size * factor) for factor in MULTI_SCALE_RANGE)
+    return max(low // stride * stride, stride), (high + stride - 1) // stride * stride
+
+
+def multi_scale_batch(
+    images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator, img_size: int, stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize a batch so its long side is a random stride multiple in ``multi_scale_range`` (yolov5's
+    ``randrange(0.5 * img, 1.5 * img + stride) // stride * stride``); the short side is rounded up to a stride
+    multiple, keeping rectangular batches rectangular.
+
+    ``images``: float (b, 3, h, w); ``targets``: (n, 6) [image, cls, x, y, w, h] normalised, which a resize leaves
+    unchanged, so they are returned as they are.
+    """
+    low, high = int(img_size * MULTI_SCALE_RANGE[0]), int(img_size * MULTI_SCALE_RANGE[1])
+    size = max(int(rng.integers(low, high + stride)) // stride * stride, stride)
+    factor = size / max(images.shape[2:])
+    if factor == 1:
+        return images, targets
+    new_shape = [math.ceil(side * factor / stride) * stride for side in images.shape[2:]]
+    return F.interpolate(images, size=new_shape, mode="bilinear", align_corners=False), targets
 
 
 @dataclass
@@ -40,6 +79,7 @@ class StepContext:
     amp: bool = False
     world_size: int = 1
     last_optimizer_step: int = -1
+    multi_scale: MultiScale | None = None  # --multi-scale; None trains every batch at the loader's size
 
 
 def epoch_progress(loader: Iterable, epoch: int, epochs: int, enabled: bool) -> Iterable:
@@ -83,6 +123,10 @@ def train_one_epoch(
         apply_iteration(context.optimizer, settings)
         images = images.to(context.device, non_blocking=True).float() / 255
         targets = targets.to(context.device)
+        if context.multi_scale is not None:
+            rng = np.random.default_rng([context.multi_scale.seed, epoch, batch_index])
+            images, targets = multi_scale_batch(images, targets, rng, context.multi_scale.img_size,
+                                                context.multi_scale.stride)  # fmt: skip
         with torch.autocast(device_type=context.device.type, enabled=context.amp):
             loss, terms = context.loss_fn(model(images), targets)
         if not torch.isfinite(loss):

@@ -69,7 +69,7 @@ def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, 
     init_distributed(options.device, distributed.world_size)
     try:
         barrier_for_main_process(distributed.rank, first=True)  # rank 0 generates/scans and caches labels first
-        data = prepare_data(job.data, job.img_size, job.cache)
+        data = prepare_data(job.data, job.img_size, job.cache, single_cls=options.single_cls)
         barrier_for_main_process(distributed.rank, first=False)
         fitted_anchors: FittedAnchors = {}  # AutoAnchor runs once, for the check and the run
         check_run(job.hyp, options, data, fitted_anchors)

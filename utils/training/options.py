@@ -18,6 +18,7 @@ class OutputOptions:
     plots: bool = True
     show_progress: bool = True
     record: dict = field(default_factory=dict)  # the CLI options as given, saved to opt.yaml and checkpoints
+    save_period: int = -1  # --save-period: also save weights/epochN.pt every N epochs (<= 0: off)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class TrainOptions:
     gpu_augment: str = "auto"  # on | off | auto (on for CUDA devices); augment batches on the device
     min_warmup_iters: int = 100  # yolov5's floor under warmup_epochs x batches per epoch
     resume: str | None = None  # a last.pt to continue from
+    single_cls: bool = False  # --single-cls: every label is class 0; the data must be prepared the same way
+    rect: bool = False  # --rect: rectangular batches in aspect order, no mosaic, no shuffle
+    multi_scale: bool = False  # --multi-scale: each batch resized to a random stride multiple of 0.5-1.5 x img
+    image_weights: bool = False  # --image-weights: each epoch draws images by class rarity and per-class mAP
     outputs: OutputOptions = field(default_factory=OutputOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
 

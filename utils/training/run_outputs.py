@@ -86,6 +86,7 @@ class RunOutputs:
             "model_cfg": ema_model.yaml,
             "num_classes": self.data.num_classes,
             "names": self.data.names,
+            "single_cls": self.data.single_cls,  # val.py validates such a checkpoint as one class too
             "model": float_state_dict(ema_model),
             "epoch": epoch,
             "best_fitness": best_fitness,
@@ -97,6 +98,9 @@ class RunOutputs:
         save_checkpoint(self.weights_dir / "last.pt", **checkpoint)
         if improved:
             save_checkpoint(self.weights_dir / "best.pt", **checkpoint)
+        period = self.options.outputs.save_period
+        if period > 0 and epoch % period == 0:  # --save-period, counted as yolov5 does: epoch0.pt, epochN.pt, ...
+            save_checkpoint(self.weights_dir / f"epoch{epoch}.pt", **checkpoint)
 
     def finish(self, model: nn.Module, context: StepContext) -> None:
         """results.png and lr.png after the last epoch."""

@@ -12,17 +12,18 @@ import torch
 from torch import nn
 
 from models.yolo import DetectionModel, build_model, model_summary
-from utils.data.dataset import build_dataloader
+from utils.data.dataset import YoloDataset, build_dataloader
 from utils.data.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
+from utils.data.image_weights import image_weights
 from utils.data.prepared import PreparedData
 from utils.errors import UserError
 from utils.evaluation.fitness import fitness
-from utils.evaluation.validator import validate
+from utils.evaluation.validator import Validation, run_validation
 from utils.training.autoanchor import check_anchors
 from utils.training.checkpoint import load_checkpoint, transfer_weights
 from utils.training.distributed import share_from_main_process, unwrap_model, wrap_distributed
 from utils.training.ema import ModelEMA
-from utils.training.engine import StepContext, train_one_epoch
+from utils.training.engine import MultiScale, StepContext, multi_scale_range, train_one_epoch
 from utils.training.hyp import derive_hyp
 from utils.training.loss import YoloLoss
 from utils.training.optim import build_optimizer, freeze_layers
@@ -91,6 +92,7 @@ def build_step_context(
     scheduler_name = scheduler_params.pop("name")
     scheduler = build_scheduler(scheduler_name, options.epochs, derived.lrf, **scheduler_params)
     use_amp = options.amp and options.device.type == "cuda"
+    stride = int(unwrap_model(model).stride.max())
     return StepContext(
         optimizer=optimizer,
         scheduler=scheduler,
@@ -105,6 +107,7 @@ def build_step_context(
         num_batches=num_batches,
         amp=use_amp,
         world_size=options.distributed.world_size,
+        multi_scale=MultiScale(data.img_size, stride, options.seed) if options.multi_scale else None,
     )
 
 
@@ -125,6 +128,10 @@ def use_gpu_augment(options: TrainOptions, hyp: dict[str, float], data: Prepared
     """--gpu-augment: 'auto' augments on CUDA devices whenever the batched augmenter supports the hyp and labels."""
     if options.gpu_augment == "off":
         return False
+    if options.rect:  # the batched augmenter renders square batches only
+        if options.gpu_augment == "on":
+            raise UserError("--gpu-augment on cannot make --rect's rectangular batches; drop one of them")
+        return False
     supported = GpuBatchAugmenter.supports(hyp, data.train_split)
     if options.gpu_augment == "on" and not supported:
         raise UserError("--gpu-augment on: copy_paste with polygon labels needs the CPU pipeline (--gpu-augment off)")
@@ -133,12 +140,14 @@ def use_gpu_augment(options: TrainOptions, hyp: dict[str, float], data: Prepared
 
 def build_train_loader(hyp: dict[str, float], options: TrainOptions, data: PreparedData) -> tuple:
     """(dataset-like object with set_epoch/close_mosaic, iterable of batches) for this run's hyp."""
+    if options.single_cls != data.single_cls:
+        raise ValueError(f"options.single_cls is {options.single_cls} but the data was prepared with the opposite")
     local_batch = max(options.batch_size // options.distributed.world_size, 1)
     rank = max(options.distributed.rank, 0)
     if use_gpu_augment(options, hyp, data):
         augmenter = data.gpu_augmenter(hyp, options.seed, options.device)
         return augmenter, GpuAugmentLoader(augmenter, local_batch, rank=rank, world_size=options.distributed.world_size)
-    dataset = data.train_dataset(hyp, options.batch_size, options.seed)
+    dataset = data.train_dataset(hyp, options.batch_size, options.seed, rect=options.rect)
     loader = build_dataloader(
         dataset, local_batch, options.workers, shuffle=True, seed=options.seed, rank=rank,
         world_size=options.distributed.world_size,
@@ -155,6 +164,9 @@ def check_run(
     use_gpu_augment(options, hyp, data)
     model = build_detector(hyp, options.with_outputs(show_progress=False), data, fitted_anchors)
     build_step_context(model, hyp, options, data, num_batches=1)
+    if options.is_main_process:
+        for note in flag_notes(options, data, int(model.stride.max())):
+            LOGGER.info(note)
     trap = warmup_trap(hyp["warmup_epochs"], batches_per_epoch(options, data), options.epochs, options.min_warmup_iters)
     if trap and options.is_main_process:
         LOGGER.warning(trap)
@@ -165,6 +177,24 @@ def batches_per_epoch(options: TrainOptions, data: PreparedData) -> int:
     world_size = options.distributed.world_size
     per_rank = -(-len(data.train_split.image_files) // world_size)
     return -(-per_rank // max(options.batch_size // world_size, 1))
+
+
+def prepare_epoch(
+    dataset: YoloDataset | GpuBatchAugmenter,
+    epoch: int,
+    options: TrainOptions,
+    data: PreparedData,
+    validation: Validation | None,
+) -> None:
+    """Set the training data up for ``epoch``: mosaic off for the last --close-mosaic epochs, --image-weights' draw
+    from the last validation (zero mAPs before the first, as yolov5), then the epoch that seeds the augmentation."""
+    if epoch >= close_mosaic_epoch(options.epochs, options.close_mosaic) and dataset.use_mosaic:
+        dataset.close_mosaic()
+        LOGGER.info(f"closing mosaic and mixup for the last {options.epochs - epoch} epochs (epoch {epoch})")
+    if options.image_weights:
+        maps = validation.class_maps(data.num_classes) if validation is not None else np.zeros(data.num_classes)
+        dataset.set_image_weights(image_weights(data.train_split.labels, data.num_classes, maps))
+    dataset.set_epoch(epoch)
 
 
 def train(
@@ -193,14 +223,11 @@ def train(
         LOGGER.info(f"resuming {options.resume} from epoch {start_epoch}")
     if outputs is not None:
         outputs.start(dataset, loader)
-    mosaic_off_epoch = close_mosaic_epoch(options.epochs, options.close_mosaic)
     metrics: dict[str, float] = {}
+    validation: Validation | None = None  # the last one, whose per-class mAP --image-weights uses
     epochs_without_improvement = 0
     for epoch in range(start_epoch, options.epochs):
-        if epoch >= mosaic_off_epoch and dataset.use_mosaic:
-            dataset.close_mosaic()
-            LOGGER.info(f"closing mosaic and mixup for the last {options.epochs - epoch} epochs (epoch {epoch})")
-        dataset.set_epoch(epoch)
+        prepare_epoch(dataset, epoch, options, data, validation)
         show_progress = options.outputs.show_progress and options.is_main_process
         train_terms = train_one_epoch(model, loader, context, epoch, options.epochs, show_progress=show_progress)
         final_epoch = epoch + 1 == options.epochs
@@ -208,7 +235,8 @@ def train(
         if options.is_main_process:
             metrics = dict(train_terms)
             if options.validate_every_epoch or final_epoch:
-                metrics.update(evaluate(context, data, options))
+                validation = evaluate(context, data, options)
+                metrics.update(validation.metrics)
                 epoch_fitness = metrics["fitness"] = fitness(metrics, options.fitness_weights)
                 improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
                 epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
@@ -227,11 +255,11 @@ def train(
     return metrics
 
 
-def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> dict[str, float]:
-    """Validate the EMA model on the val split with the run's loss; returns metrics by name."""
+def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> Validation:
+    """Validate the EMA model on the val split with the run's loss; metrics by name and per class."""
     local_batch = max(options.batch_size // options.distributed.world_size, 1)
     loader = data.val_loader(local_batch * 2, options.workers)
-    return validate(
+    return run_validation(
         context.ema.ema,
         loader,
         data.names,
@@ -239,3 +267,24 @@ def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) ->
         loss_fn=context.loss_fn,
         half=context.amp,
     )
+
+
+def flag_notes(options: TrainOptions, data: PreparedData, stride: int) -> list[str]:
+    """One console line per yolov5 training mode that is on, saying what it changes."""
+    notes = []
+    if options.single_cls:
+        notes.append(f"--single-cls: training the {data.config.num_classes} classes of {data.config.yaml_path.name} "
+                     f"as one class, '{data.names[0]}'")  # fmt: skip
+    if options.rect:
+        notes.append("--rect: rectangular batches in aspect-ratio order, without mosaic; --rect is incompatible "
+                     "with DataLoader shuffle, setting shuffle=False")  # fmt: skip
+    if options.multi_scale:
+        low, high = multi_scale_range(data.img_size, stride)
+        notes.append(f"--multi-scale: each batch resized to a long side of {low} to {high} px (multiples of {stride})")
+    if options.image_weights:
+        notes.append("--image-weights: each epoch draws training images with replacement, favouring rare classes "
+                     "and classes with a low mAP")  # fmt: skip
+    period = options.outputs.save_period
+    if period > 0:
+        notes.append(f"--save-period {period}: also saving weights/epochN.pt every {period} epoch(s), from epoch 0")
+    return notes

@@ -87,6 +87,7 @@ class GpuBatchAugmenter:
         self.labels = torch.cat([owners, torch.from_numpy(np.concatenate(rows or [np.zeros((0, 5), np.float32)]))], 1)
         self.paths = list(paths) if paths is not None else [str(index) for index in range(len(images))]
         self.epoch, self.use_mosaic = 0, True
+        self.image_weights: np.ndarray | None = None  # --image-weights: EpochSampler draws by these
 
     @classmethod
     def from_split(
@@ -118,6 +119,7 @@ class GpuBatchAugmenter:
         storage once per process and give each evolution child its own hyp."""
         fresh = copy.copy(self)
         fresh.hyp, fresh.seed, fresh.epoch, fresh.use_mosaic = dict(hyp), seed, 0, True
+        fresh.image_weights = None
         return fresh
 
     @staticmethod
@@ -134,6 +136,10 @@ class GpuBatchAugmenter:
     def close_mosaic(self) -> None:
         """Turn mosaic (and with it mixup) off, usually for the last epochs."""
         self.use_mosaic = False
+
+    def set_image_weights(self, weights: np.ndarray | None) -> None:
+        """--image-weights: from the next epoch, draw images with replacement in proportion to ``weights``."""
+        self.image_weights = weights
 
     def plan(self, indices: Sequence[int] | torch.Tensor, generator: torch.Generator) -> BatchPlan:
         """All random draws of one batch of split ``indices``."""
