@@ -17,7 +17,7 @@ from utils.data.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
 from utils.data.prepared import PreparedData
 from utils.errors import UserError
 from utils.evaluation.fitness import fitness
-from utils.evaluation.validator import validate
+from utils.evaluation.validator import run_validation
 from utils.training.autoanchor import check_anchors
 from utils.training.checkpoint import load_checkpoint, transfer_weights
 from utils.training.distributed import share_from_main_process, unwrap_model, wrap_distributed
@@ -203,7 +203,7 @@ def train(
         if options.is_main_process:
             metrics = dict(train_terms)
             if options.validate_every_epoch or final_epoch:
-                metrics.update(evaluate(context, data, options))
+                metrics.update(evaluate(context, data, options, show_progress))
                 epoch_fitness = metrics["fitness"] = fitness(metrics, options.fitness_weights)
                 improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
                 epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
@@ -222,15 +222,23 @@ def train(
     return metrics
 
 
-def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> dict[str, float]:
-    """Validate the EMA model on the val split with the run's loss; returns metrics by name."""
+def evaluate(
+    context: StepContext, data: PreparedData, options: TrainOptions, show_progress: bool = False
+) -> dict[str, float]:
+    """Validate the EMA model on the val split with the run's loss; returns metrics by name.
+
+    ``show_progress``: yolov5's validation bar, then its ``all`` line."""
     local_batch = max(options.batch_size // options.distributed.world_size, 1)
     loader = data.val_loader(local_batch * 2, options.workers)
-    return validate(
+    validation = run_validation(
         context.ema.ema,
         loader,
         data.names,
         device=options.device,
         loss_fn=context.loss_fn,
         half=context.amp,
+        progress=show_progress,
     )
+    if show_progress:
+        LOGGER.info(validation.table(per_class=False, header=False))
+    return validation.metrics
