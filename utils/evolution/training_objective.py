@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from utils.errors import UserError
+from utils.evaluation.metrics import MAP50, MAP50_95
 from utils.evolution.child import ChildContext
+from utils.evolution.console import epoch_line
 from utils.evolution.options import EvolveOptions
 from utils.evolution.runner import run
 from utils.evolution.search_space import GeneSpec
@@ -20,6 +23,7 @@ from utils.training.hyp import HYP_CHOICES, HYP_RANGES, split_choices
 from utils.training.options import TrainOptions
 
 LOGGER = logging.getLogger(__name__)
+TRAINING_LOGGERS = ("utils.training.autoanchor", "utils.training.trainer")  # what a child's training logs itself
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,46 @@ def child_options(options: TrainOptions, hyp: Mapping[str, float | str]) -> tupl
     return numbers, options
 
 
+def epoch_figures(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A child's epoch line: the summed train loss, then the val metrics and fitness when the epoch validated."""
+    figures = {"loss": sum(value for key, value in metrics.items() if key.startswith("train/"))}
+    for label, key in (("mAP50", MAP50), ("mAP50-95", MAP50_95), ("fitness", "fitness")):
+        if key in metrics:
+            figures[label] = metrics[key]
+    return figures
+
+
+def epoch_reporter(child: ChildContext, epochs: int, pruning: bool) -> Callable[[int, dict[str, float]], None]:
+    """``train``'s ``on_epoch_end`` for a child: its console line, and with pruning its fitness for the pruner."""
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        print(epoch_line(child.index, epoch + 1, epochs, epoch_figures(metrics)), flush=True)
+        if pruning and "fitness" in metrics:
+            # The step is the number of epochs trained, the unit of the pruners' rungs (utils/evolution/pruning.py).
+            child.report(epoch + 1, metrics["fitness"])
+
+    return on_epoch_end
+
+
+@contextmanager
+def labelled_training_lines(label: str) -> Iterator[None]:
+    """Prefix what training logs itself (AutoAnchor refitting a new anchor setting, closing mosaic) with ``label``
+    while a child trains, so that a worker's log says which child a line belongs to."""
+
+    def prefix(record: logging.LogRecord) -> bool:
+        record.msg = f"{label}{record.msg}"
+        return True
+
+    loggers = [logging.getLogger(name) for name in TRAINING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(prefix)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(prefix)
+
+
 def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
     from utils.data.prepared import prepare_data
@@ -112,9 +156,9 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         options = options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
         options = dataclasses.replace(options, validate_every_epoch=pruning, seed=child.train_seed,
                                       epochs=child.epochs or base_options.epochs)  # fmt: skip
-        # The step is the number of epochs trained, the unit of the pruners' rungs (utils/evolution/pruning.py).
-        report = (lambda epoch, metrics: child.report(epoch + 1, metrics["fitness"])) if pruning else None
-        return train(numbers, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
+        report = epoch_reporter(child, options.epochs, pruning)
+        with labelled_training_lines(f"evolve: child {child.index} "):
+            return train(numbers, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
 
     try:
         run(

@@ -171,7 +171,8 @@ def train(
 ) -> dict[str, float]:
     """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
 
-    ``on_epoch_end(epoch, metrics)`` is called after each validated epoch (evolution uses it for pruning);
+    ``on_epoch_end(epoch, metrics)`` is called after each epoch; ``metrics`` (the main process's) hold
+    ``fitness`` and the val metrics when the epoch validated (evolution reports them for pruning and prints them);
     ``fitted_anchors`` see ``build_detector``.
     Nothing is written when ``options.outputs.save_dir`` is None.
     """
@@ -212,7 +213,7 @@ def train(
         context.scheduler.step(epoch, epoch_fitness)  # before saving, so that a resume starts from this state
         if outputs is not None:
             outputs.end_epoch(epoch, metrics, improved, best_fitness, model, final=final_epoch or stop)
-        if on_epoch_end is not None and epoch_fitness is not None:
+        if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
         if stop:
             LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
