@@ -73,10 +73,8 @@ def run_validation(
 ) -> Validation:
     """``validate`` with the details val.py needs: the accumulator, per-class results, timings and COCO json.
 
-    ``progress`` shows yolov5's validation bar (the table header as its description); the caller prints the rows.
-    ``verbose`` prints the per-class table. ``max_detections_per_image`` keeps only the top N per image and class
-    when scoring (COCO uses 100).
-    """
+    ``progress``: yolov5's bar, the table header as its description (callers print the rows after it).
+    ``max_detections_per_image`` keeps only the top N per image and class when scoring (COCO uses 100)."""
     device = torch.device(device)
     # Autocast instead of model.half(): training passes its EMA model, which must stay float32.
     use_autocast = half and device.type == "cuda"
