@@ -171,8 +171,8 @@ def train(
 ) -> dict[str, float]:
     """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
 
-    ``on_epoch_end(epoch, metrics)`` is called after each epoch; ``metrics`` (the main process's) hold
-    ``fitness`` and the val metrics when the epoch validated (evolution reports them for pruning and prints them);
+    ``on_epoch_end(epoch, metrics)`` is called after each epoch; ``metrics`` hold ``fitness`` and the val metrics
+    when the epoch validated, and are empty on DDP ranks other than 0 (evolution prints them and prunes by them);
     ``fitted_anchors`` see ``build_detector``.
     Nothing is written when ``options.outputs.save_dir`` is None.
     """
