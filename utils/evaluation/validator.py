@@ -71,10 +71,9 @@ def run_validation(
     progress: bool = False,
     max_detections_per_image: int | None = None,
 ) -> Validation:
-    """``validate`` with the details val.py needs: the accumulator, per-class results, timings and COCO json.
-
-    ``progress``: yolov5's bar, the table header as its description (callers print the rows after it).
-    ``max_detections_per_image`` keeps only the top N per image and class when scoring (COCO uses 100)."""
+    """``validate`` with what val.py needs: the accumulator, per-class results, timings and COCO json. ``progress``:
+    yolov5's bar, the table header as its description (the caller prints the rows); ``max_detections_per_image``
+    keeps the top N per image and class when scoring (COCO uses 100)."""
     device = torch.device(device)
     # Autocast instead of model.half(): training passes its EMA model, which must stay float32.
     use_autocast = half and device.type == "cuda"
