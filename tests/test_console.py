@@ -27,7 +27,9 @@ from utils.evolution.console import (
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.search_space import GeneSpec
 from utils.evolution.training_objective import epoch_figures, labelled_training_lines
+from utils.training.best_validation import validate_best
 from utils.training.hyp import load_hyp
+from utils.training.options import TrainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--img", "64", "--batch", "4", "--workers", "0", "--device", "cpu"]
@@ -136,6 +138,13 @@ def test_a_childs_own_training_lines_are_labelled(caplog):
         autoanchor.info("autoanchor: refitted")
     autoanchor.info("autoanchor: after the child")
     assert caplog.messages == ["evolve: child 5 autoanchor: refitted", "autoanchor: after the child"]
+
+
+def test_validate_best_skips_a_run_without_best_pt(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    assert validate_best(tmp_path, data=None, options=TrainOptions()) is None  # never touches the data
+    assert caplog.messages == [f"no {tmp_path / 'weights' / 'best.pt'} to validate (--nosave keeps best.pt only when "
+                               "the final epoch is the best)"]  # fmt: skip
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
