@@ -73,13 +73,14 @@ def main(args: argparse.Namespace) -> None:
         save_json=args.save_json and not speed_only,
         save_txt=args.save_txt and not speed_only,
         max_detections_per_image=args.coco_max_dets,
+        progress=True,
     )
     if save_dir is not None and not args.noplots:
         from utils.plots.metrics import plot_validation  # matplotlib only when plotting
 
         plot_validation(validation.accumulator, save_dir)
     if not speed_only:
-        print(validation.table(per_class=args.verbose or len(names) < 50))
+        print(validation.table(per_class=args.verbose or len(names) < 50, header=False))  # the bar shows it
     speed = validation.speed_ms
     print(
         f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -80,11 +81,16 @@ def check_shared_study(run_dir: Path, study: optuna.Study, n: int, confirmed: bo
 
 def test_four_workers_share_one_journal_study(tmp_path):
     run_dir = tmp_path / "evo"
-    finish([start_worker(run_dir, CHILDREN, "--seconds", "0.5") for _ in range(WORKERS)])  # time for all to join
+    outputs = finish([start_worker(run_dir, CHILDREN, "--seconds", "0.5") for _ in range(WORKERS)])  # all join
     study = optuna.load_study(study_name="evo", storage=open_storage(run_dir, None))
     check_shared_study(run_dir, study, CHILDREN)
     workers = {trial.user_attrs["worker"]["pid"] for trial in study.trials}
     assert len(workers) > 1, "only one worker did any work"
+    # The console: a child's header names its worker while others train too; the ETA says once it is an estimate.
+    headers = [line for output in outputs for line in output.splitlines() if line.startswith("evolve: child ")]
+    assert any(re.match(rf"evolve: child \d+/{CHILDREN} \(worker \d+\): ", line) for line in headers), headers
+    assert all(output.count("an estimate") <= 1 for output in outputs)
+    assert any("workers: an estimate" in output for output in outputs)
 
 
 def test_sigkilled_worker_loses_nothing_and_resume_completes(tmp_path):

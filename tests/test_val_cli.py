@@ -97,8 +97,11 @@ def test_val_cli_prints_table_and_writes_plots(tiny_dataset: Path, tiny_checkpoi
                      "--save-json", "--save-txt", "--fitness", "mAP50-95=1")  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
-    assert lines[1].split()[:2] == ["all", "6"]
+    # The header is the progress bar's description (on stderr, as tqdm writes), the rows follow on stdout.
+    bar = result.stderr.replace("\r", "\n").splitlines()[-1]
+    assert bar.split()[:7] == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95:"] and "100%" in bar
+    assert lines[0].split()[:2] == ["all", "6"]
+    assert [line.split()[0] for line in lines[1:4]] == ["circle", "square", "triangle"], "the per-class rows"
     assert any(line.startswith("fitness ") for line in lines)
     run_dir = tmp_path / "exp"
     for name in ("PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png", "confusion_matrix.png"):

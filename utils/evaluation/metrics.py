@@ -307,14 +307,19 @@ class DetectionMetrics:
         }
 
 
-def format_class_table(results: dict, per_class: bool = True) -> str:
-    """yolov5's validation table: an ``all`` row, then one row per class with ground truth."""
-    header = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
-    row_format = "%22s" + "%11i" * 2 + "%11.3g" * 4
-    rows = [header, row_format % ("all", results["num_images"], results["num_instances"], *_metric_values(results))]
+CLASS_TABLE_HEADER = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
+CLASS_ROW_FORMAT = "%22s" + "%11i" * 2 + "%11.3g" * 4
+
+
+def format_class_table(results: dict, per_class: bool = True, header: bool = True) -> str:
+    """yolov5's validation table: an ``all`` row, then one row per class with ground truth.
+
+    ``header=False`` leaves out ``CLASS_TABLE_HEADER`` (a progress bar already shows it, as in yolov5)."""
+    rows = [CLASS_TABLE_HEADER] if header else []
+    rows.append(CLASS_ROW_FORMAT % ("all", results["num_images"], results["num_instances"], *_metric_values(results)))
     if per_class:
         for entry in results["per_class"]:
-            rows.append(row_format % (entry["name"], entry["images"], entry["instances"], *_metric_values(entry)))
+            rows.append(CLASS_ROW_FORMAT % (entry["name"], entry["images"], entry["instances"], *_metric_values(entry)))
     return "\n".join(rows)
 
 

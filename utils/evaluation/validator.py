@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.evaluation.coco_json import (
@@ -21,7 +22,7 @@ from utils.evaluation.coco_json import (
     write_json,
 )
 from utils.evaluation.label_txt import write_label_txt
-from utils.evaluation.metrics import MAP50_95, DetectionMetrics, format_class_table
+from utils.evaluation.metrics import CLASS_TABLE_HEADER, MAP50_95, DetectionMetrics, format_class_table
 from utils.evaluation.postprocess import non_max_suppression
 
 LossFunction = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -38,9 +39,9 @@ class Validation:
     coco_ground_truth: dict | None = None
     coco_results: list[dict] = field(default_factory=list)
 
-    def table(self, per_class: bool = True) -> str:
-        """yolov5's per-class table."""
-        return format_class_table(self.results, per_class)
+    def table(self, per_class: bool = True, header: bool = True) -> str:
+        """yolov5's per-class table; ``header=False`` after a progress bar, which shows the header."""
+        return format_class_table(self.results, per_class, header)
 
     def class_maps(self, num_classes: int) -> np.ndarray:
         """(num_classes,) mAP@0.5:0.95 per class; a class without ground truth here gets the overall mAP (yolov5)."""
@@ -53,8 +54,7 @@ class Validation:
 def validate(model: nn.Module, dataloader: Iterable, names: list[str], **options: Any) -> dict[str, float]:
     """Score ``model`` on ``dataloader``: the four metric names plus val/*_loss when ``loss_fn`` is given.
 
-    Takes ``run_validation``'s keyword options. Silent unless ``verbose`` (then the per-class table is printed);
-    training calls this every epoch.
+    Takes ``run_validation``'s keyword options. Silent unless ``progress`` or ``verbose``.
     """
     return run_validation(model, dataloader, names, **options).metrics
 
@@ -75,12 +75,12 @@ def run_validation(
     save_json: bool = False,
     save_txt: bool = False,
     verbose: bool = False,
+    progress: bool = False,
     max_detections_per_image: int | None = None,
 ) -> Validation:
-    """``validate`` with the details val.py needs: the accumulator, per-class results, timings and COCO json.
-
-    ``max_detections_per_image`` keeps only the top N per image and class when scoring (COCO uses 100).
-    """
+    """``validate`` with what val.py needs: the accumulator, per-class results, timings and COCO json. ``progress``:
+    yolov5's bar, the table header as its description (the caller prints the rows); ``max_detections_per_image``
+    keeps the top N per image and class when scoring (COCO uses 100)."""
     device = torch.device(device)
     # Autocast instead of model.half(): training passes its EMA model, which must stay float32.
     use_autocast = half and device.type == "cuda"
@@ -90,7 +90,7 @@ def run_validation(
     was_training = model.training
     model.eval()
     try:
-        for images, targets, paths, shapes in dataloader:
+        for images, targets, paths, shapes in validation_progress(dataloader, progress):
             start = time.perf_counter()
             images = images.to(device, non_blocking=True).float() / 255
             targets = targets.to(device)
@@ -117,8 +117,13 @@ def run_validation(
         model.train(was_training)
     validation = collector.finish(names)
     if verbose:
-        print(validation.table(per_class=True))
+        print(validation.table(per_class=True, header=not progress))
     return validation
+
+
+def validation_progress(dataloader: Iterable, enabled: bool) -> Iterable:
+    """A tqdm bar over the loader described by the table header, as yolov5 shows it; the bare loader when off."""
+    return tqdm(dataloader, desc=CLASS_TABLE_HEADER, bar_format="{l_bar}{bar:10}{r_bar}") if enabled else dataloader
 
 
 @dataclass

@@ -100,8 +100,11 @@ def run_child(
     seed: int,
     run_dir: Path,
     save_children: bool,
+    announce: Callable[[int, dict[str, float | str]], None] | None = None,
 ) -> TrialState:
-    """Run one child and record it as COMPLETE, PRUNED or FAIL (with the error); KeyboardInterrupt re-raises."""
+    """Run one child and record it as COMPLETE, PRUNED or FAIL (with the error); KeyboardInterrupt re-raises.
+
+    ``announce(number, hyp)`` is called once its hyp is drawn, before the objective runs (the console header)."""
     hyp = suggest_hyp(trial, space)
     lineage = getattr(study.sampler, "lineage", {}).pop(trial.number, {})
     trial.set_user_attr("hyp", hyp)
@@ -113,6 +116,8 @@ def run_child(
     context = ChildContext(trial.number, child_seed(seed, trial.number), dict(hyp), trial, run_dir, name,
                            train_seed=seed, pruning=pruning)  # fmt: skip
     folder = child_directory(run_dir, name, save_children)
+    if announce is not None:
+        announce(trial.number, dict(hyp))
     return record_run(study, trial, objective, score, context, folder)
 
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import UserError
 from utils.evolution.child import Objective, compute_fitness, run_child, run_evaluation
+from utils.evolution.console import child_header, eta_line, planned_evaluation_runs
 from utils.evolution.evaluations import (
     SURPLUS_ATTR,
     Task,
@@ -159,7 +160,7 @@ def run(
         if evolve_from is not None:
             import_evolve_csv(study, Path(evolve_from), space, set(meta) | set(space.base_hyp), score)
     work = Work(study, evaluation_study(study), space, objective, score, seed, run_dir, save_children, n,
-                trust or TrustPlan(), Worker.current(), plots)  # fmt: skip
+                trust or TrustPlan(), Worker.current(), plots, steps)  # fmt: skip
     while (ran := work.step()) or work.pending():
         if not ran:
             time.sleep(poll_seconds)  # nothing to claim, but other workers still train children or evaluations
@@ -184,6 +185,9 @@ class Work:
     trust: TrustPlan
     worker: Worker
     plots: bool
+    steps: int | None = None  # a child's epochs, to weigh longer evaluations in the ETA
+    seconds_per_child: list[float] = field(default_factory=list)  # this worker's finished children, for the ETA
+    eta_explained: bool = False
 
     def step(self) -> bool:
         """Run one evaluation or child; False when neither is available to this worker now."""
@@ -191,6 +195,8 @@ class Work:
         if claimed is not None:
             task, trial = claimed
             child = {trial.number: trial for trial in self.study.get_trials(deepcopy=False)}[task.child]
+            length = f", {task.epochs} epochs" if task.epochs else ""
+            print(f"evolve: {task.kind} of child {task.child} (seed {task.seed}{length})", flush=True)
             try:
                 state = run_evaluation(self.evaluations, trial, task, child, self.objective, self.score, self.seed,
                                        self.run_dir, self.save_children)  # fmt: skip
@@ -198,19 +204,63 @@ class Work:
                 self.refresh()
             value = self.evaluations.get_trials(deepcopy=False)[trial.number].value
             result = f"fitness {value:.5g}" if state == TrialState.COMPLETE else state.name.lower()
-            length = f", {task.epochs} epochs" if task.epochs else ""
             print(f"evolve: {task.kind} of child {task.child} (seed {task.seed}{length}) {result}", flush=True)
+            self.report_eta()
             return True
         trial = claim_child(self.study, self.n, self.worker)
         if trial is None:
             return False
+        started = time.monotonic()
         try:
             state = run_child(self.study, trial, self.space, self.objective, self.score, self.seed, self.run_dir,
-                              self.save_children)  # fmt: skip
+                              self.save_children, announce=self.announce)  # fmt: skip
         finally:
             self.refresh()
+        if state != TrialState.FAIL:
+            self.seconds_per_child.append(time.monotonic() - started)
         report_progress(self.study, trial.number, state, self.n)
+        self.report_eta()
         return True
+
+    def announce(self, number: int, hyp: Mapping[str, float | str]) -> None:
+        """The child's header, before it trains."""
+        workers = self.workers()
+        label = None
+        if len(workers) > 1:
+            several_hosts = len({host for host, _ in workers}) > 1
+            label = f"{self.worker.host}:{self.worker.pid}" if several_hosts else str(self.worker.pid)
+        print(child_header(number, self.n, hyp, self.space.base_hyp, self.space.genes, label), flush=True)
+
+    def run_length(self, task: Task) -> float:
+        """An evaluation's length in children's lengths (fidelity runs train longer)."""
+        return task.epochs / self.steps if task.epochs and self.steps else 1.0
+
+    def workers(self) -> set[tuple[str, int]]:
+        """(host, pid) of this worker and of every worker with a child or evaluation running now."""
+        running = [
+            *self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
+            *self.evaluations.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
+        ]
+        owners = [trial.user_attrs.get(WORKER_ATTR) for trial in running]
+        return {(owner["host"], owner["pid"]) for owner in owners if owner} | {(self.worker.host, self.worker.pid)}
+
+    def report_eta(self) -> None:
+        """The time left for the whole evolution (children, then evaluations), from this worker's median child."""
+        if not self.seconds_per_child:
+            return
+        children_left = max(self.n - count_finished(self.study), 0)
+        done = [task for task, _ in finished_evaluations(self.evaluations)]
+        if all_children_done(self.study, self.n):  # the evaluations are known now, no longer an upper estimate
+            evaluations_left = sum(map(self.run_length, set(self.due_tasks()) - set(done)))
+        else:
+            planned = planned_evaluation_runs(self.trust, self.n, self.steps)
+            evaluations_left = max(planned - sum(map(self.run_length, done)), 0.0)
+        if children_left + evaluations_left <= 0:
+            return
+        workers = len(self.workers())
+        line = eta_line(self.seconds_per_child, children_left, evaluations_left, workers, not self.eta_explained)
+        self.eta_explained = self.eta_explained or workers > 1
+        print(line, flush=True)
 
     def due_tasks(self) -> list[Task]:
         """The planned evaluations, less those given up."""

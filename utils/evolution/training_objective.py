@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from utils.errors import UserError
+from utils.evaluation.metrics import MAP50, MAP50_95
 from utils.evolution.child import ChildContext
+from utils.evolution.console import epoch_line
 from utils.evolution.options import EvolveOptions
 from utils.evolution.runner import run
 from utils.evolution.search_space import GeneSpec
@@ -21,10 +25,12 @@ from utils.training.hyp import HYP_CHOICES, HYP_RANGES, split_choices
 from utils.training.options import TrainOptions
 
 if TYPE_CHECKING:
+    from utils.data.prepared import PreparedData
     from utils.training.tensorboard_log import TensorBoardLog
 
 LOGGER = logging.getLogger(__name__)
 TENSORBOARD_FOLDER = "tensorboard"  # in the evolution's folder: one event-file folder per child (child_<number>)
+TRAINING_LOGGERS = ("utils.training.autoanchor", "utils.training.trainer")  # what a child's training logs itself
 
 
 @dataclass(frozen=True)
@@ -80,24 +86,72 @@ def child_options(options: TrainOptions, hyp: Mapping[str, float | str]) -> tupl
     return numbers, options
 
 
-def epoch_reporter(child: ChildContext, board: TensorBoardLog) -> Callable[[int, dict[str, float]], None]:
-    """The ``on_epoch_end`` of a child: its metrics and fitness at each validated epoch, to its TensorBoard folder
-    by epoch, and to the study by epochs trained, the unit of the pruners' rungs
-    (utils/evolution/pruning.py); the pruner may stop the child there."""
+def epoch_figures(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A child's epoch line: the summed train loss, then the val metrics and fitness when the epoch validated."""
+    figures = {"loss": sum(value for key, value in metrics.items() if key.startswith("train/"))}
+    for label, key in (("mAP50", MAP50), ("mAP50-95", MAP50_95), ("fitness", "fitness")):
+        if key in metrics:
+            figures[label] = metrics[key]
+    return figures
+
+
+def epoch_reporter(child: ChildContext, epochs: int, board: TensorBoardLog) -> Callable[[int, dict[str, float]], None]:
+    """``train``'s ``on_epoch_end`` for a child: its console line; its metrics to its TensorBoard folder by epoch;
+    at each validated epoch its fitness to the study by epochs trained, the unit of the pruners' rungs
+    (utils/evolution/pruning.py), where the pruner may stop the child."""
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        print(epoch_line(child.index, epoch + 1, epochs, epoch_figures(metrics)), flush=True)
         board.scalars(epoch, metrics)
-        child.report(epoch + 1, metrics["fitness"])
+        if "fitness" in metrics:
+            child.report(epoch + 1, metrics["fitness"])
 
     return on_epoch_end
+
+
+@contextmanager
+def labelled_training_lines(label: str) -> Iterator[None]:
+    """Prefix what training logs itself (AutoAnchor refitting a new anchor setting, closing mosaic) with ``label``
+    while a child trains, so that a worker's log says which child a line belongs to."""
+
+    def prefix(record: logging.LogRecord) -> bool:
+        record.msg = f"{label}{record.msg}"
+        return True
+
+    loggers = [logging.getLogger(name) for name in TRAINING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(prefix)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(prefix)
+
+
+def train_child(
+    numbers: dict[str, float], options: TrainOptions, data: PreparedData, child: ChildContext, board_dir: Path,
+    fitted_anchors: dict,
+) -> dict[str, float]:  # fmt: skip
+    """Train one child, its console lines labelled with it, its epochs to the study and to ``board_dir``."""
+    from utils.training.tensorboard_log import TensorBoardLog
+    from utils.training.trainer import train
+
+    board = TensorBoardLog(board_dir)
+    report = epoch_reporter(child, options.epochs, board)
+    try:
+        with labelled_training_lines(f"evolve: child {child.index} "):
+            metrics = train(numbers, options, data, on_epoch_end=report, fitted_anchors=fitted_anchors)
+        board.scalars(board.last_step or 0, {"final/fitness": metrics["fitness"]})
+    finally:
+        board.close()
+    return metrics
 
 
 def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
     from utils.data.prepared import prepare_data
     from utils.training.checkpoint import load_checkpoint
-    from utils.training.tensorboard_log import TensorBoardLog
-    from utils.training.trainer import FittedAnchors, check_run, train
+    from utils.training.trainer import FittedAnchors, check_run
 
     if job.options.distributed.world_size > 1:
         raise UserError("--evolve runs one process per device, not under torchrun: start one worker per --device")
@@ -133,14 +187,8 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         options = options.with_outputs(save_dir=child.run_dir if evolution.save_children else None)
         options = dataclasses.replace(options, validate_every_epoch=pruning, seed=child.train_seed,
                                       epochs=child.epochs or base_options.epochs)  # fmt: skip
-        board = TensorBoardLog(evolution.run_dir / TENSORBOARD_FOLDER / f"child_{child.name}")
-        try:
-            metrics = train(numbers, options, data, on_epoch_end=epoch_reporter(child, board),
-                            fitted_anchors=fitted_anchors)  # fmt: skip
-            board.scalars(board.last_step or 0, {"final/fitness": metrics["fitness"]})
-        finally:
-            board.close()
-        return metrics
+        board_dir = evolution.run_dir / TENSORBOARD_FOLDER / f"child_{child.name}"
+        return train_child(numbers, options, data, child, board_dir, fitted_anchors)
 
     try:
         run(

@@ -13,6 +13,7 @@ from utils.evaluation.metrics import METRIC_KEYS, TRAIN_LOSS_KEYS, VAL_LOSS_KEYS
 from utils.plots.data import plot_batch, plot_labels
 from utils.plots.results import plot_results
 from utils.plots.training import plot_lr
+from utils.training.best_validation import validate_best
 from utils.training.checkpoint import float_state_dict, save_checkpoint
 from utils.training.distributed import unwrap_model
 from utils.training.schedule import learning_rate_curve
@@ -103,8 +104,11 @@ class RunOutputs:
             save_checkpoint(self.weights_dir / f"epoch{epoch}.pt", **checkpoint)
 
     def finish(self, model: nn.Module, context: StepContext) -> None:
-        """results.png and lr.png after the last epoch."""
+        """best.pt validated again (its table, and its plots unless --noplots; not with the console off, as for
+        evolution children that keep their folders), then results.png and lr.png."""
         self.tensorboard.close()
+        if self.save_dir is not None and self.options.outputs.show_progress:
+            validate_best(self.save_dir, self.data, self.options)
         if self.save_dir is None or not self.options.outputs.plots:
             return
         if (self.save_dir / "results.csv").exists():

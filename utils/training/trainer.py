@@ -206,7 +206,8 @@ def train(
 ) -> dict[str, float]:
     """Train a fresh detector with ``hyp`` on prepared ``data``; returns the final epoch's metrics by name.
 
-    ``on_epoch_end(epoch, metrics)`` is called after each validated epoch (evolution uses it for pruning);
+    ``on_epoch_end(epoch, metrics)`` is called after each epoch; ``metrics`` hold ``fitness`` and the val metrics
+    when the epoch validated, and are empty on DDP ranks other than 0 (evolution prints them and prunes by them);
     ``fitted_anchors`` see ``build_detector``.
     Nothing is written when ``options.outputs.save_dir`` is None.
     """
@@ -235,7 +236,7 @@ def train(
         if options.is_main_process:
             metrics = dict(train_terms)
             if options.validate_every_epoch or final_epoch:
-                validation = evaluate(context, data, options)
+                validation = evaluate(context, data, options, show_progress)
                 metrics.update(validation.metrics)
                 epoch_fitness = metrics["fitness"] = fitness(metrics, options.fitness_weights)
                 improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
@@ -245,7 +246,7 @@ def train(
         context.scheduler.step(epoch, epoch_fitness)  # before saving, so that a resume starts from this state
         if outputs is not None:
             outputs.end_epoch(epoch, metrics, improved, best_fitness, model, final=final_epoch or stop)
-        if on_epoch_end is not None and epoch_fitness is not None:
+        if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
         if stop:
             LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
@@ -255,18 +256,26 @@ def train(
     return metrics
 
 
-def evaluate(context: StepContext, data: PreparedData, options: TrainOptions) -> Validation:
-    """Validate the EMA model on the val split with the run's loss; metrics by name and per class."""
+def evaluate(
+    context: StepContext, data: PreparedData, options: TrainOptions, show_progress: bool = False
+) -> Validation:
+    """Validate the EMA model on the val split with the run's loss; metrics by name and per class.
+
+    ``show_progress``: yolov5's validation bar, then its ``all`` line."""
     local_batch = max(options.batch_size // options.distributed.world_size, 1)
     loader = data.val_loader(local_batch * 2, options.workers)
-    return run_validation(
+    validation = run_validation(
         context.ema.ema,
         loader,
         data.names,
         device=options.device,
         loss_fn=context.loss_fn,
         half=context.amp,
+        progress=show_progress,
     )
+    if show_progress:
+        LOGGER.info(validation.table(per_class=False, header=False))
+    return validation
 
 
 def flag_notes(options: TrainOptions, data: PreparedData, stride: int) -> list[str]:
