@@ -187,3 +187,17 @@ def test_corrupt_weights_give_one_error_line(val_images: Path, tmp_path: Path) -
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "corrupt.pt" in result.stderr
+
+
+@pytest.mark.parametrize("hide_conf", [False, True])
+def test_annotate_file_draws_with_hide_conf(tmp_path: Path, hide_conf: bool) -> None:
+    """--hide-conf reaches the drawing: the saved copy is exactly draw()'s with the same setting, not the other."""
+    grey = np.full((64, 96, 3), 60, dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    detector = Detector(FixedBoxModel(), ["a", "b"], torch.device("cpu"), img_size=128)
+    (save_dir := tmp_path / "run").mkdir()
+    list(annotate_file(tmp_path / "grey.png", detector, save_dir, AnnotateOptions(hide_conf=hide_conf)))
+    saved = cv2.imread(str(save_dir / "grey.png"))
+    detections = detector(grey)
+    expected, other = (draw(grey, detections, detector.names, 2, False, hide) for hide in (hide_conf, not hide_conf))
+    assert np.array_equal(saved, expected) and not np.array_equal(saved, other)
