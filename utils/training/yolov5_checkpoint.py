@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import io
 import pickle
-import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from utils.errors import UserError
+from utils.training.pt_archive import read_pt_archive
 
 # The only callables a yolov5 pickle may name. Each builds a tensor or an inert value and runs no other code.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -104,32 +105,16 @@ RESTRICTED_PICKLE = SimpleNamespace(
 )
 
 
-def refuse_torchscript(path: Path) -> None:
-    """Refuse a TorchScript archive: torch.load hands those to torch.jit.load, even with weights_only=True."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            records = {name.split("/", 1)[-1] for name in archive.namelist()}
-    except (zipfile.BadZipFile, OSError):
-        return  # torch.load reports the damage
-    if "constants.pkl" in records or any(record.startswith("code/") for record in records):
-        raise UserError(f"refusing to load {path}: it is a TorchScript archive, which would run its code")
+def read_restricted(path: str | Path, data: bytes | None = None) -> Any:
+    """Unpickle a zip-format .pt with RestrictedUnpickler; a refused global or a broken file is a UserError.
 
-
-def _check_archive(path: Path) -> None:
-    """Refuse what torch.load would not unpickle through RESTRICTED_PICKLE alone: non-zip and TorchScript files."""
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"refusing to load {path}: it holds Python objects and is not a zip-format checkpoint")
-    refuse_torchscript(path)
-
-
-def read_restricted(path: str | Path) -> Any:
-    """Unpickle a zip-format .pt with RestrictedUnpickler; a refused global or a broken file is a UserError."""
+    ``data`` is the file's content from ``read_pt_archive`` when the caller has read it already; otherwise the
+    file is read (once) here.
+    """
     path = Path(path)
-    _check_archive(path)
+    data = read_pt_archive(path) if data is None else data
     try:
-        return torch.load(path, map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
+        return torch.load(io.BytesIO(data), map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
     except RefusedGlobal as error:
         raise UserError(
             f"refusing to load {path}: it needs {error.name}, which is neither a tensor, a plain container nor a "
@@ -227,10 +212,13 @@ def convert_yolov5_checkpoint(raw: Any, path: Path) -> dict[str, Any]:
     }
 
 
-def read_yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a .pt written by ultralytics/yolov5 safely and convert it (see ``convert_yolov5_checkpoint``)."""
+def read_yolov5_checkpoint(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """Read a .pt written by ultralytics/yolov5 safely and convert it (see ``convert_yolov5_checkpoint``).
+
+    ``data``: the file's bytes from ``read_pt_archive`` when the caller has read them already.
+    """
     path = Path(path)
-    raw = read_restricted(path)
+    raw = read_restricted(path, data)
     try:
         return convert_yolov5_checkpoint(raw, path)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError) as error:  # pickled fields of odd types
