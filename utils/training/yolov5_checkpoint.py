@@ -1,127 +1,16 @@
-"""Reading ultralytics/yolov5 .pt files without running their pickle: a restricted unpickler that rebuilds tensors
-and plain containers, stands inert placeholders in for yolov5's layer classes, and converts the result into this
-project's checkpoint dict."""
+"""Converting an ultralytics/yolov5 .pt, unpickled by ``yolov5_unpickler``, into this project's checkpoint dict."""
 
 from __future__ import annotations
 
-import _compat_pickle
-import collections
-import io
-import pickle
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from utils.errors import UserError
-from utils.training.pt_archive import read_pt_archive
+from utils.errors import UserError, one_line
+from utils.training.yolov5_unpickler import InertLayer, read_restricted
 
-# The only callables a yolov5 pickle may name. Each builds a tensor or an inert value and runs no other code.
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    # yolov5 records paths in its options; pure paths never touch the file system
-    ("pathlib", "PosixPath"): PurePosixPath,
-    ("pathlib", "PurePosixPath"): PurePosixPath,
-    ("pathlib", "WindowsPath"): PureWindowsPath,
-    ("pathlib", "PureWindowsPath"): PureWindowsPath,
-}
-# Classes under these modules are layers (yolov5's own, torch's); they become placeholders and are never imported.
-LAYER_MODULES = ("models.", "torch.nn.modules.")
 MAX_LAYER_PATHS = 100_000  # yolov5x has under 1,000 layers; shared layers in a crafted pickle could make 2**n names
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle names a global that is neither allowed nor a layer class; ``name`` is "module.attribute"."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"{name} is not allowed")
-        self.name = name
-
-
-class InertLayer:
-    """Stands in for a pickled layer: keeps the state the pickle gives it and runs none of the class's code.
-
-    ``pickled_class`` ("models.yolo.Detect") is set on the subclass made for each pickled class name.
-    """
-
-    pickled_class = ""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state if isinstance(state, dict) else {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """An attribute of the pickled object (its ``__dict__`` entry), or ``default``."""
-        return getattr(self, "state", {}).get(key, default)
-
-    def children(self) -> dict[str, Any]:
-        """The pickled ``_modules``: child name -> InertLayer."""
-        return dict(self.get("_modules") or {})
-
-
-def is_layer_class(module: str, name: str) -> bool:
-    """True for class names under yolov5's ``models`` or torch's ``torch.nn.modules`` packages."""
-    parts = [*module.split("."), name]
-    return module.startswith(LAYER_MODULES) and all(part.isidentifier() for part in parts)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler whose ``find_class`` returns only ALLOWED_GLOBALS or InertLayer subclasses; it imports nothing.
-
-    torch.load subclasses it (to map storage names to storage types) and sets ``persistent_load``, which only
-    reads tensor bytes from the archive; every other global goes through this ``find_class``.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._layer_classes: dict[str, type[InertLayer]] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        # torch.save writes protocol 2, which spells some globals the Python 2 way (__builtin__, commands)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[(module, name)]
-        qualified = f"{module}.{name}"
-        if not is_layer_class(module, name):
-            raise RefusedGlobal(qualified)
-        if qualified not in self._layer_classes:
-            self._layer_classes[qualified] = type(name, (InertLayer,), {"pickled_class": qualified})
-        return self._layer_classes[qualified]
-
-
-def _refuse_legacy_load(*args: Any, **kwargs: Any) -> None:
-    raise pickle.UnpicklingError("only zip-format checkpoints are read")
-
-
-# What torch.load expects of a pickle module: an Unpickler class, and load() for the legacy format (refused).
-RESTRICTED_PICKLE = SimpleNamespace(
-    __name__="restricted_pickle", Unpickler=RestrictedUnpickler, load=_refuse_legacy_load
-)
-
-
-def read_restricted(path: str | Path, data: bytes | None = None) -> Any:
-    """Unpickle a zip-format .pt with RestrictedUnpickler; a refused global or a broken file is a UserError.
-
-    ``data`` is the file's content from ``read_pt_archive`` when the caller has read it already; otherwise the
-    file is read (once) here.
-    """
-    path = Path(path)
-    data = read_pt_archive(path) if data is None else data
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
-    except RefusedGlobal as error:
-        raise UserError(
-            f"refusing to load {path}: it needs {error.name}, which is neither a tensor, a plain container nor a "
-            "yolov5 layer"
-        ) from None
-    except Exception as error:  # corrupt archives fail in many ways; a placeholder called with arguments, too
-        raise UserError(f"corrupt or unreadable checkpoint {path}: {type(error).__name__}: {error}") from None
 
 
 def _own_tensors(layer: InertLayer, prefix: str) -> dict[str, torch.Tensor]:
@@ -222,4 +111,4 @@ def read_yolov5_checkpoint(path: str | Path, data: bytes | None = None) -> dict[
     try:
         return convert_yolov5_checkpoint(raw, path)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError) as error:  # pickled fields of odd types
-        raise UserError(f"unrecognised yolov5 checkpoint {path}: {type(error).__name__}: {error}") from None
+        raise UserError(f"unrecognised yolov5 checkpoint {path}: {type(error).__name__}: {one_line(error)}") from None
