@@ -1,9 +1,13 @@
 """Tests for utils/training/yolov5_checkpoint.py: a real yolov5 .pt imports, reproduces yolov5's forward pass and
-runs under val.py and detect.py; crafted pickles are refused, naming the global, and run nothing."""
+runs under val.py and detect.py; crafted pickles are refused, naming the global, and run nothing; fields of the wrong
+type or shape are one line. The unpickler and the archive reader have their own tests (test_yolov5_unpickler.py,
+test_pt_archive.py)."""
 
 from __future__ import annotations
 
 import builtins
+import functools
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -22,12 +26,12 @@ from utils.data.synthetic import generate_dataset
 from utils.errors import UserError, run_cli
 from utils.training.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.training.yolov5_checkpoint import (
-    InertLayer,
-    RestrictedUnpickler,
+    UnrecognisedField,
+    checked_tensor,
     convert_yolov5_checkpoint,
-    read_restricted,
     read_yolov5_checkpoint,
 )
+from utils.training.yolov5_unpickler import InertLayer, RestrictedUnpickler, read_restricted
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "yolov5"
 YOLOV5_PT = FIXTURES / "yolov5n-6cls-320.pt"
@@ -125,7 +129,7 @@ def test_restricted_unpickler_never_imports(monkeypatch) -> None:
         raise AssertionError("the unpickler imported a module")
 
     unpickler = RestrictedUnpickler.__new__(RestrictedUnpickler)
-    unpickler._layer_classes = {}
+    unpickler._layer_classes, unpickler._callables = {}, {}
     monkeypatch.setattr(builtins, "__import__", refuse_import)
     layer_class = unpickler.find_class("models.experimental", "NotInThisProject")
     assert issubclass(layer_class, InertLayer) and layer_class.pickled_class == "models.experimental.NotInThisProject"
@@ -220,5 +224,74 @@ def test_fields_of_unexpected_types_are_a_user_error(tmp_path) -> None:
     root = yolov5_like_model({"nc": "six"})
     path = tmp_path / "odd.pt"
     torch.save({"model": root}, path)
-    with pytest.raises(UserError, match="unrecognised yolov5 checkpoint .*odd.pt: ValueError"):
+    with pytest.raises(UserError, match="unrecognised yolov5 checkpoint .*odd.pt: nc is not a positive int"):
         load_checkpoint(path)
+
+
+def nested(depth: int) -> torch.nn.Module:
+    layer = torch.nn.Module()
+    for _ in range(depth):
+        parent = torch.nn.Module()
+        parent.add_module("m", layer)
+        layer = parent
+    return layer
+
+
+def odd_names(root: torch.nn.Module, names) -> None:
+    root.names = names
+
+
+def odd_nc(root: torch.nn.Module, nc) -> None:
+    root.yaml["nc"] = nc
+
+
+def odd_detect(root: torch.nn.Module, name: str, value) -> None:
+    root.model[0].__dict__.pop(name, None)
+    root.model[0]._buffers.pop(name, None)
+    if name == "stride":  # a plain attribute in yolov5
+        root.model[0].stride = value
+    else:
+        root.model[0].register_buffer(name, value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda root: odd_names(root, [functools.reduce(lambda inner, _: [inner], range(10), "disc"), "b"]), "names"),
+        (lambda root: odd_names(root, {0: torch.ones(2), 1: "b"}), "names is neither"),
+        (lambda root: odd_names(root, torch.ones(2)), "names is neither"),
+        (lambda root: odd_nc(root, math.inf), "model yaml holds more than yaml values"),
+        (lambda root: odd_nc(root, "2"), "nc is not a positive int"),
+        (lambda root: odd_nc(root, True), "nc is not a positive int"),
+        (lambda root: odd_nc(root, 3), "do not output 3 classes"),
+        (lambda root: odd_detect(root, "stride", torch.ones(5)), r"stride \(5,\) does not match"),
+        (lambda root: odd_detect(root, "stride", [8.0]), "'model.0.stride' is a list, not a tensor"),
+        (lambda root: odd_detect(root, "anchors", torch.tensor(1.0)), r"anchors are not a \(levels, anchors, 2\)"),
+        (lambda root: odd_detect(root, "anchors", torch.full((1, 2, 2), math.nan)), "not finite, positive"),
+        (lambda root: root.__dict__.__setitem__("_parameters", torch.ones(3)), "'_parameters' is not a dict"),
+        (lambda root: root.__dict__.__setitem__("_non_persistent_buffers_set", torch.ones(3)), "not a set of names"),
+        (lambda root: root.add_module("deep", nested(40)), "nested more than 32 deep"),
+        # 2**60 fp16 zeros from a 2-byte storage: converting it to float32 would allocate 4 EiB
+        (lambda root: root.register_buffer("bomb", torch.zeros(1, dtype=torch.half).expand(2**40, 2**20)), "bomb"),
+    ],
+)
+def test_fields_of_the_wrong_type_or_shape_are_one_line(tmp_path, mutate, message: str) -> None:
+    root = yolov5_like_model({"nc": 2})
+    root.names = ["a", "b"]
+    path = tmp_path / "odd.pt"
+    torch.save({"model": root}, path)
+    assert read_yolov5_checkpoint(path)["names"] == ["a", "b"]  # the model is fine until mutated
+    mutate(root)
+    torch.save({"model": root}, path)
+    for reader in (load_checkpoint, read_yolov5_checkpoint):
+        with pytest.raises(UserError, match=f"unrecognised yolov5 checkpoint .*odd.pt: .*{message}") as error:
+            reader(path)
+        assert "\n" not in str(error.value)
+
+
+def test_a_bomb_tensor_is_refused_before_it_is_converted() -> None:
+    bomb = torch.zeros(1, dtype=torch.half).expand(2**40, 2**20)
+    with pytest.raises(UnrecognisedField, match="more elements than its storage holds"):
+        checked_tensor(bomb, "bomb")
+    view = torch.arange(6.0).view(2, 3).t()[1:]  # a transposed slice shares storage without overlapping itself
+    assert checked_tensor(view, "view").tolist() == view.tolist()

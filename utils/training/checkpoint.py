@@ -3,6 +3,7 @@ transferring weights."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,9 +14,10 @@ import torch
 from torch import nn
 
 from models.yolo import DetectionModel, build_model
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.files import atomic_path
-from utils.training.yolov5_checkpoint import read_yolov5_checkpoint, refuse_torchscript
+from utils.training.pt_archive import read_pt_archive
+from utils.training.yolov5_checkpoint import read_yolov5_checkpoint
 
 REQUIRED_KEYS = ("model_cfg", "num_classes", "model")
 # how torch.load's messages say weights-only refused a global (blocked modules lack the "WeightsUnpickler" part)
@@ -56,30 +58,30 @@ def save_checkpoint(path: str | Path, **fields: Any) -> Path:
 
 def _reason(error: Exception) -> str:
     """The informative line of a (often multi-line) torch.load error."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("WeightsUnpickler error:"):
-            return line.removeprefix("WeightsUnpickler error:").strip()
-    return lines[0] if lines else type(error).__name__
+    for line in str(error).splitlines():
+        if line.strip().startswith("WeightsUnpickler error:"):
+            return one_line(line.strip().removeprefix("WeightsUnpickler error:"))
+    return one_line(error) or type(error).__name__
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint onto the CPU; any problem raises a one-line UserError.
 
     A checkpoint written by ``save_checkpoint`` loads weights-only; one written by ultralytics/yolov5 is read by
-    ``read_yolov5_checkpoint``'s restricted unpickler and converted to the same keys.
+    ``read_yolov5_checkpoint``'s restricted unpickler and converted to the same keys. The file is read and vetted
+    once; both loads unpickle those same bytes.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    refuse_torchscript(path)
+    data = read_pt_archive(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not any(word in str(error) for word in REFUSED_MARKERS):  # garbage, not a pickle weights-only refused
             raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
         # weights-only refused a Python object: a yolov5 .pt pickles its model; read it without running anything
-        checkpoint = read_yolov5_checkpoint(path)
+        checkpoint = read_yolov5_checkpoint(path, data)
     except Exception as error:  # torch.load fails on corrupt bytes with many exception types (IndexError, ...)
         raise UserError(f"corrupt or unreadable checkpoint {path}: {_reason(error)}") from None
     if not isinstance(checkpoint, dict):

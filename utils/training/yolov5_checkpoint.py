@@ -1,237 +1,209 @@
-"""Reading ultralytics/yolov5 .pt files without running their pickle: a restricted unpickler that rebuilds tensors
-and plain containers, stands inert placeholders in for yolov5's layer classes, and converts the result into this
-project's checkpoint dict."""
+"""Converting an ultralytics/yolov5 .pt, unpickled by ``yolov5_unpickler``, into this project's checkpoint dict;
+every field it reads is checked for type and shape first, so a crafted file fails as one line."""
 
 from __future__ import annotations
 
-import _compat_pickle
-import collections
-import pickle
-import zipfile
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from types import SimpleNamespace
+import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, one_line
+from utils.training.yolov5_unpickler import InertLayer, read_restricted
 
-# The only callables a yolov5 pickle may name. Each builds a tensor or an inert value and runs no other code.
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    # yolov5 records paths in its options; pure paths never touch the file system
-    ("pathlib", "PosixPath"): PurePosixPath,
-    ("pathlib", "PurePosixPath"): PurePosixPath,
-    ("pathlib", "WindowsPath"): PureWindowsPath,
-    ("pathlib", "PureWindowsPath"): PureWindowsPath,
-}
-# Classes under these modules are layers (yolov5's own, torch's); they become placeholders and are never imported.
-LAYER_MODULES = ("models.", "torch.nn.modules.")
 MAX_LAYER_PATHS = 100_000  # yolov5x has under 1,000 layers; shared layers in a crafted pickle could make 2**n names
+MAX_LAYER_DEPTH = 32  # yolov5 nests layers 4 deep (model.2.m.0.cv1.conv)
+MAX_YAML_DEPTH = 16  # the model yaml nests lists 4 deep
+YAML_TYPES = (str, int, float, bool, type(None))
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle names a global that is neither allowed nor a layer class; ``name`` is "module.attribute"."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"{name} is not allowed")
-        self.name = name
+class UnrecognisedField(Exception):
+    """A pickled field of the wrong type or shape; ``convert_yolov5_checkpoint`` reports it with the file's path."""
 
 
-class InertLayer:
-    """Stands in for a pickled layer: keeps the state the pickle gives it and runs none of the class's code.
+def _is_layer(value: Any) -> bool:
+    return isinstance(value, InertLayer)
 
-    ``pickled_class`` ("models.yolo.Detect") is set on the subclass made for each pickled class name.
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """A pickled dict with string keys (None reads as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise UnrecognisedField(f"{ascii(where)} is not a dict of names")
+    return value
+
+
+def checked_tensor(value: Any, where: str) -> torch.Tensor:
+    """``value`` detached, fp16 turned to float32, after checking that it is a real, non-overlapping tensor.
+
+    A weight never overlaps itself; an expanded tensor (a zero stride) whose numel exceeds its storage would
+    allocate all of its elements on conversion, exabytes for a crafted one.
     """
-
-    pickled_class = ""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state if isinstance(state, dict) else {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """An attribute of the pickled object (its ``__dict__`` entry), or ``default``."""
-        return getattr(self, "state", {}).get(key, default)
-
-    def children(self) -> dict[str, Any]:
-        """The pickled ``_modules``: child name -> InertLayer."""
-        return dict(self.get("_modules") or {})
-
-
-def is_layer_class(module: str, name: str) -> bool:
-    """True for class names under yolov5's ``models`` or torch's ``torch.nn.modules`` packages."""
-    parts = [*module.split("."), name]
-    return module.startswith(LAYER_MODULES) and all(part.isidentifier() for part in parts)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler whose ``find_class`` returns only ALLOWED_GLOBALS or InertLayer subclasses; it imports nothing.
-
-    torch.load subclasses it (to map storage names to storage types) and sets ``persistent_load``, which only
-    reads tensor bytes from the archive; every other global goes through this ``find_class``.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._layer_classes: dict[str, type[InertLayer]] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        # torch.save writes protocol 2, which spells some globals the Python 2 way (__builtin__, commands)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[(module, name)]
-        qualified = f"{module}.{name}"
-        if not is_layer_class(module, name):
-            raise RefusedGlobal(qualified)
-        if qualified not in self._layer_classes:
-            self._layer_classes[qualified] = type(name, (InertLayer,), {"pickled_class": qualified})
-        return self._layer_classes[qualified]
-
-
-def _refuse_legacy_load(*args: Any, **kwargs: Any) -> None:
-    raise pickle.UnpicklingError("only zip-format checkpoints are read")
-
-
-# What torch.load expects of a pickle module: an Unpickler class, and load() for the legacy format (refused).
-RESTRICTED_PICKLE = SimpleNamespace(
-    __name__="restricted_pickle", Unpickler=RestrictedUnpickler, load=_refuse_legacy_load
-)
-
-
-def refuse_torchscript(path: Path) -> None:
-    """Refuse a TorchScript archive: torch.load hands those to torch.jit.load, even with weights_only=True."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            records = {name.split("/", 1)[-1] for name in archive.namelist()}
-    except (zipfile.BadZipFile, OSError):
-        return  # torch.load reports the damage
-    if "constants.pkl" in records or any(record.startswith("code/") for record in records):
-        raise UserError(f"refusing to load {path}: it is a TorchScript archive, which would run its code")
-
-
-def _check_archive(path: Path) -> None:
-    """Refuse what torch.load would not unpickle through RESTRICTED_PICKLE alone: non-zip and TorchScript files."""
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"refusing to load {path}: it holds Python objects and is not a zip-format checkpoint")
-    refuse_torchscript(path)
-
-
-def read_restricted(path: str | Path) -> Any:
-    """Unpickle a zip-format .pt with RestrictedUnpickler; a refused global or a broken file is a UserError."""
-    path = Path(path)
-    _check_archive(path)
-    try:
-        return torch.load(path, map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
-    except RefusedGlobal as error:
-        raise UserError(
-            f"refusing to load {path}: it needs {error.name}, which is neither a tensor, a plain container nor a "
-            "yolov5 layer"
-        ) from None
-    except Exception as error:  # corrupt archives fail in many ways; a placeholder called with arguments, too
-        raise UserError(f"corrupt or unreadable checkpoint {path}: {type(error).__name__}: {error}") from None
+    if not isinstance(value, torch.Tensor):
+        raise UnrecognisedField(f"{ascii(where)} is a {type(value).__name__}, not a tensor")
+    if value.is_complex() or value.layout != torch.strided:
+        raise UnrecognisedField(f"{ascii(where)} is a {value.dtype} {value.layout} tensor")
+    available = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+    if value.numel() * value.element_size() > available:
+        raise UnrecognisedField(f"{ascii(where)} has more elements than its storage holds")
+    value = value.detach()
+    return value.float() if value.is_floating_point() else value
 
 
 def _own_tensors(layer: InertLayer, prefix: str) -> dict[str, torch.Tensor]:
     """A layer's parameters and persistent buffers (not its children's), fp16 turned to float32."""
-    non_persistent = layer.get("_non_persistent_buffers_set") or set()
-    named = [*(layer.get("_parameters") or {}).items()]
-    named += [(name, buffer) for name, buffer in (layer.get("_buffers") or {}).items() if name not in non_persistent]
-    tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in named:
-        if tensor is None:
-            continue
-        if not isinstance(tensor, torch.Tensor):
-            raise UserError(f"yolov5 checkpoint: {prefix}{name} is a {type(tensor).__name__}, not a tensor")
-        tensor = tensor.detach()
-        tensors[prefix + name] = tensor.float() if tensor.is_floating_point() else tensor
-    return tensors
+    non_persistent = layer.get("_non_persistent_buffers_set")
+    non_persistent = set() if non_persistent is None else non_persistent
+    if not isinstance(non_persistent, set | frozenset) or not all(isinstance(name, str) for name in non_persistent):
+        raise UnrecognisedField(f"{ascii(prefix + '_non_persistent_buffers_set')} is not a set of names")
+    buffers = _mapping(layer.get("_buffers"), f"{prefix}_buffers")
+    named = [*_mapping(layer.get("_parameters"), f"{prefix}_parameters").items()]
+    named += [(name, buffer) for name, buffer in buffers.items() if name not in non_persistent]
+    return {prefix + name: checked_tensor(tensor, prefix + name) for name, tensor in named if tensor is not None}
 
 
 def layer_state_dict(root: InertLayer) -> dict[str, torch.Tensor]:
     """The state dict ``root`` had, in torch's order (a layer's own tensors, then its children's).
 
     A layer may appear under several names (yolov5 shares one SiLU), but a crafted pickle could make a layer its
-    own descendant, or share layers so that the names multiply; both are refused instead of running forever.
+    own descendant, nest layers without end, or share layers so that the names multiply; all are refused. Each
+    layer's ancestors are at most MAX_LAYER_DEPTH ids, so the walk is linear in the number of names.
     """
     state: dict[str, torch.Tensor] = {}
-    stack: list[tuple[InertLayer, str, frozenset[int]]] = [(root, "", frozenset())]
+    stack: list[tuple[InertLayer, str, tuple[int, ...]]] = [(root, "", ())]
     for _ in range(MAX_LAYER_PATHS):
         if not stack:
             return state
         layer, prefix, ancestors = stack.pop()
         if id(layer) in ancestors:
-            raise UserError(f"yolov5 checkpoint: layer {prefix.rstrip('.')} contains itself")
+            raise UnrecognisedField(f"layer {ascii(prefix.rstrip('.'))} contains itself")
+        if len(ancestors) >= MAX_LAYER_DEPTH:
+            raise UnrecognisedField(f"layers are nested more than {MAX_LAYER_DEPTH} deep")
         state.update(_own_tensors(layer, prefix))
-        inside = ancestors | {id(layer)}
-        children = [(child, f"{prefix}{name}.", inside) for name, child in layer.children().items()]
-        stack.extend(reversed([child for child in children if isinstance(child[0], InertLayer)]))
-    raise UserError(f"yolov5 checkpoint: more than {MAX_LAYER_PATHS} layers")
+        inside = (*ancestors, id(layer))
+        children = _mapping(layer.get("_modules"), f"{prefix}_modules").items()
+        stack.extend(reversed([(child, f"{prefix}{name}.", inside) for name, child in children if _is_layer(child)]))
+    raise UnrecognisedField(f"more than {MAX_LAYER_PATHS} layers")
 
 
 def _detect_layer(model: InertLayer, path: Path) -> tuple[str, InertLayer]:
     """(state-dict prefix, layer) of the model's last layer, which must be yolov5's Detect."""
     layers = model.children().get("model")
-    children = layers.children() if isinstance(layers, InertLayer) else {}
+    children = layers.children() if _is_layer(layers) else {}
     last = list(children)[-1] if children else None
-    if last is None or not children[last].pickled_class.endswith(".Detect"):
+    if last is None or not _is_layer(children[last]) or not children[last].pickled_class.endswith(".Detect"):
         raise UserError(f"unrecognised yolov5 checkpoint {path}: its model does not end in a Detect layer")
     return f"model.{last}.", children[last]
 
 
+def _anchors_in_pixels(anchors: Any, stride: torch.Tensor) -> list[list[float]]:
+    """Detect's anchors, (levels, anchors, 2) in grid units, times its stride (levels,): one row per level."""
+    if not isinstance(anchors, torch.Tensor) or anchors.dim() != 3 or anchors.shape[2] != 2:
+        raise UnrecognisedField("Detect's anchors are not a (levels, anchors, 2) tensor")
+    if tuple(stride.shape) != (anchors.shape[0],) or min(anchors.shape) == 0:
+        raise UnrecognisedField(f"Detect's stride {tuple(stride.shape)} does not match its anchors")
+    if not (stride.is_floating_point() and anchors.isfinite().all() and stride.isfinite().all() and (stride > 0).all()):
+        raise UnrecognisedField("Detect's anchors or stride are not finite, positive numbers")
+    pixels = anchors * stride.view(-1, 1, 1)
+    return [[round(value, 4) for value in level] for level in pixels.flatten(1).tolist()]
+
+
+def _num_classes(cfg: dict[str, Any], detect: InertLayer, state: dict[str, torch.Tensor], prefix: str) -> int:
+    """The yaml's ``nc`` (or Detect's), which must be what Detect's output convolutions were made for."""
+    num_classes = cfg.get("nc", detect.get("nc"))
+    if type(num_classes) is not int or num_classes < 1:
+        raise UnrecognisedField("nc is not a positive int")
+    outputs = state[prefix + "anchors"].shape[1] * (num_classes + 5)
+    weights = [tensor for name, tensor in state.items() if name.startswith(f"{prefix}m.") and name.endswith(".weight")]
+    if not weights or any(weight.dim() == 0 or weight.shape[0] != outputs for weight in weights):
+        raise UnrecognisedField(f"Detect's convolutions do not output {num_classes} classes")
+    return num_classes
+
+
 def _class_names(names: Any, num_classes: int) -> list[str]:
-    """yolov5 stores names as a list or as {index: name}; either becomes a list."""
-    if isinstance(names, dict):
-        names = [names.get(index, str(index)) for index in range(num_classes)]
-    if not isinstance(names, list | tuple) or len(names) != num_classes:
+    """yolov5 stores names as a list or as {index: name}; either becomes a list (index numbers when missing)."""
+    if isinstance(names, dict) and all(type(key) is int and isinstance(name, str) for key, name in names.items()):
+        return [names.get(index, str(index)) for index in range(num_classes)]
+    if isinstance(names, list | tuple) and all(isinstance(name, str) for name in names):
+        return list(names) if len(names) == num_classes else [str(index) for index in range(num_classes)]
+    if names is None:
         return [str(index) for index in range(num_classes)]
-    return [str(name) for name in names]
+    raise UnrecognisedField("names is neither a list of strings nor a dict of index -> string")
+
+
+def _is_plain_yaml(value: Any) -> bool:
+    """True when ``value`` is a tree of what yaml.safe_load makes (dicts, lists, strings, finite numbers), nested
+    at most MAX_YAML_DEPTH levels; a container reached twice (which could multiply the work of every later walk,
+    or loop) is refused."""
+    seen: set[int] = set()
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, YAML_TYPES):
+            if isinstance(item, float) and not math.isfinite(item):
+                return False
+            continue
+        if type(item) not in (dict, list) or depth >= MAX_YAML_DEPTH or id(item) in seen:
+            return False
+        seen.add(id(item))
+        if type(item) is dict and not all(isinstance(key, str | int) for key in item):
+            return False
+        stack.extend((child, depth + 1) for child in (item.values() if type(item) is dict else item))
+    return True
+
+
+def _pickled_model(raw: Any, path: Path) -> InertLayer:
+    """The EMA when present, as yolov5 prefers it, else the model; its yaml must be plain."""
+    candidates = [raw.get("ema"), raw.get("model")] if isinstance(raw, dict) else []
+    model = next((candidate for candidate in candidates if _is_layer(candidate)), None)
+    if model is None or not isinstance(model.get("yaml"), dict):
+        raise UserError(f"unrecognised checkpoint {path}: neither this project's nor a yolov5 model")
+    if not _is_plain_yaml(model.get("yaml")):
+        raise UserError(f"unrecognised yolov5 checkpoint {path}: its model yaml holds more than yaml values")
+    return model
 
 
 def convert_yolov5_checkpoint(raw: Any, path: Path) -> dict[str, Any]:
     """This project's checkpoint dict (model_cfg, num_classes, names, model state dict) from an unpickled yolov5 one.
 
-    The model is the EMA when present, as yolov5 prefers it. ``model_cfg`` is the checkpoint's model yaml with its
-    anchors replaced by the Detect layer's (AutoAnchor may have changed them); ``model`` holds Detect's ``stride``
-    beside yolov5's tensors, as this project's Detect keeps it as a buffer.
+    ``model_cfg`` is the checkpoint's model yaml with its anchors replaced by the Detect layer's (AutoAnchor may
+    have changed them); ``model`` holds Detect's ``stride`` beside yolov5's tensors, as this project's Detect keeps
+    it as a buffer.
     """
-    model = (raw.get("ema") or raw.get("model")) if isinstance(raw, dict) else None
-    if not isinstance(model, InertLayer) or not isinstance(model.get("yaml"), dict):
-        raise UserError(f"unrecognised checkpoint {path}: neither this project's nor a yolov5 model")
+    model = _pickled_model(raw, path)
     prefix, detect = _detect_layer(model, path)
-    state = layer_state_dict(model)
-    stride = detect.get("stride")
-    anchors = state.get(prefix + "anchors")
-    if not isinstance(stride, torch.Tensor) or anchors is None:
-        raise UserError(f"unrecognised yolov5 checkpoint {path}: its Detect layer has no stride or anchors")
-    state[prefix + "stride"] = stride.detach().float()
-    anchors_pixels = anchors * state[prefix + "stride"].view(-1, 1, 1)  # yolov5 keeps them in grid units
     cfg = dict(model.get("yaml"))
-    num_classes = int(cfg.get("nc", detect.get("nc", 0)))
-    cfg["anchors"] = [[round(value, 4) for value in level] for level in anchors_pixels.flatten(1).tolist()]
-    cfg.setdefault("cfg_name", Path(str(model.get("yaml_file") or path.stem)).stem)
+    try:
+        state = layer_state_dict(model)
+        state[prefix + "stride"] = checked_tensor(detect.get("stride"), prefix + "stride")
+        cfg["anchors"] = _anchors_in_pixels(state.get(prefix + "anchors"), state[prefix + "stride"])
+        num_classes = _num_classes(cfg, detect, state, prefix)
+        names = _class_names(model.get("names"), num_classes)
+    except UnrecognisedField as error:
+        raise UserError(f"unrecognised yolov5 checkpoint {path}: {error}") from None
+    yaml_file = model.get("yaml_file")
+    cfg.setdefault("cfg_name", Path(yaml_file if isinstance(yaml_file, str) and yaml_file else path.stem).stem)
+    epoch = raw.get("epoch", -1)
     return {
         "model_cfg": cfg,
         "num_classes": num_classes,
-        "names": _class_names(model.get("names"), num_classes),
+        "names": names,
         "model": state,
-        "epoch": raw.get("epoch", -1),
+        "epoch": epoch if type(epoch) is int else -1,
         "source": "yolov5",
     }
 
 
-def read_yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a .pt written by ultralytics/yolov5 safely and convert it (see ``convert_yolov5_checkpoint``)."""
+def read_yolov5_checkpoint(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """Read a .pt written by ultralytics/yolov5 safely and convert it (see ``convert_yolov5_checkpoint``).
+
+    ``data``: the file's bytes from ``read_pt_archive`` when the caller has read them already.
+    """
     path = Path(path)
-    raw = read_restricted(path)
+    raw = read_restricted(path, data)
     try:
         return convert_yolov5_checkpoint(raw, path)
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as error:  # pickled fields of odd types
-        raise UserError(f"unrecognised yolov5 checkpoint {path}: {type(error).__name__}: {error}") from None
+    except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError, RuntimeError, MemoryError) as error:
+        raise UserError(f"unrecognised yolov5 checkpoint {path}: {type(error).__name__}: {one_line(error)}") from None
