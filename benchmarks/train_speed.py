@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py --cfg yolov5n.yaml --img 320 --batch 16 --device cpu
     python benchmarks/train_speed.py --cfg yolov5s.yaml --img 640 --batch 64 --device 0 --workers 16
+    python benchmarks/train_speed.py --img 320 --variants fp32,bf16,channels_last,bf16+channels_last,threads1
 
 Prints images/s for both, plus where an end-to-end step spends its time (waiting for data vs computing).
 """
@@ -9,7 +10,9 @@ Prints images/s for both, plus where an end-to-end step spends its time (waiting
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,6 +74,86 @@ class TimedLoader:
         return min(self.limit, len(self.loader))
 
 
+VARIANTS = ("fp32", "bf16", "channels_last", "bf16+channels_last", "compile", "threads1")
+
+
+def apply_variant(name: str, model, context, device: torch.device):
+    """(model, context) for one CPU speed candidate (issue 16); the library's defaults are 'fp32'.
+
+    bf16: CPU autocast to bfloat16 (float32 master weights, the loss in float32, no loss scaling);
+    channels_last: NHWC weights, so oneDNN keeps activations NHWC; compile: torch.compile (inductor), timed apart;
+    threads1: one intra-op thread instead of one per core."""
+    if "bf16" in name:
+        context = dataclasses.replace(context, amp=True)  # the engine's autocast on CPU defaults to bfloat16
+    if "channels_last" in name:
+        model = model.to(memory_format=torch.channels_last)
+    if name == "compile":
+        model = torch.compile(model)
+    return model, context
+
+
+def compare_variants(args, hyp, options, data, names: list[str], rounds: int) -> None:
+    """Model-only and end-to-end img/s of each variant, interleaved round by round so that a busy machine slows
+    every variant alike; prints each round's figures and the median."""
+    dataset = data.train_dataset(hyp, args.batch, seed=0)
+    loader = build_dataloader(dataset, args.batch, args.workers, shuffle=True)
+    batch = next(iter(loader))
+    built = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = build_detector(hyp, options, data)
+        context = build_step_context(model, hyp, options, data, num_batches=len(loader))
+        start = time.perf_counter()
+        model, context = apply_variant(name, model, context, options.device)
+        with thread_count(1 if name == "threads1" else None):
+            model_only(model, context, batch, options.device, steps=1, warmup=1)  # compiles, if it does
+        built[name] = (model, context, time.perf_counter() - start)
+    figures = {name: ([], []) for name in names}
+    for _ in range(rounds):
+        for name in names:
+            model, context, _ = built[name]
+            with thread_count(1 if name == "threads1" else None):
+                figures[name][0].append(model_only(model, context, batch, options.device, args.steps, warmup=1))
+                figures[name][1].append(end_to_end(model, context, loader, args, options.device))
+    print(
+        f"device {options.device}, {args.cfg}, img {args.img}, batch {args.batch}, workers {args.workers}, "
+        f"{args.steps} steps x {rounds} interleaved rounds; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'variant':20s} {'model-only img/s (rounds; median)':44s} {'end-to-end img/s (rounds; median)':44s} "
+        "first step s"
+    )
+    for name in names:
+        model_ips, e2e_ips = figures[name]
+        cells = [
+            f"{' '.join(f'{v:.1f}' for v in values)}; {statistics.median(values):.1f}"
+            for values in (model_ips, e2e_ips)
+        ]
+        print(f"{name:20s} {cells[0]:44s} {cells[1]:44s} {built[name][2]:.1f}")
+
+
+@contextlib.contextmanager
+def thread_count(count: int | None):
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def end_to_end(model, context, loader, args, device: torch.device) -> float:
+    """Images/s of train_one_epoch over ``args.steps`` batches from the loader (workers included)."""
+    timed = TimedLoader(loader, args.steps)
+    context = dataclasses.replace(context, num_batches=len(timed))
+    synchronize(device)
+    start = time.perf_counter()
+    train_one_epoch(model, timed, context, epoch=0, epochs=1, show_progress=False)
+    synchronize(device)
+    return len(timed) * args.batch / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default="yolov5n.yaml")
@@ -81,6 +164,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="timed steps for each measurement")
     parser.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    variants = f"compare CPU speed candidates side by side, e.g. fp32,bf16 (any of {', '.join(VARIANTS)})"
+    parser.add_argument("--variants", default=None, help=variants)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --variants")
     args = parser.parse_args()
 
     device = select_device(args.device)
@@ -90,6 +176,13 @@ def main() -> None:
         epochs=1, batch_size=args.batch, cfg=args.cfg, device=device, workers=args.workers, amp=args.amp,
         outputs=OutputOptions(show_progress=False, plots=False),
     )  # fmt: skip
+    if args.variants:
+        names = args.variants.split(",")
+        unknown = [name for name in names if name not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        compare_variants(args, hyp, options, data, names, args.rounds)
+        return
     dataset = data.train_dataset(hyp, args.batch, seed=0)
     loader = build_dataloader(dataset, args.batch, args.workers, shuffle=True)
     model = build_detector(hyp, options, data)
