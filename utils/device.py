@@ -30,6 +30,14 @@ def select_device(device: str = "", local_rank: int = -1) -> torch.device:
     return torch.device("cuda", int(indices[0]))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated, slowly."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def distributed_env() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) as set by torchrun; (-1, -1, 1) outside it."""
     rank = int(os.environ.get("RANK", -1))

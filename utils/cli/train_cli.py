@@ -51,6 +51,8 @@ def train_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--fitness", default=None, help="fitness weights, e.g. 'mAP50-95=1' (default 0.1/0.9 mAP)")
     parser.add_argument("--gpu-augment", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                         help="augment batches on the device (auto: on for CUDA)")  # fmt: skip
+    fast = "on a CPU: channels_last, plus bf16 autocast where the CPU runs bf16 natively (benchmarks/train_speed.py)"
+    parser.add_argument("--cpu-fast", action=argparse.BooleanOptionalAction, default=False, help=fast)
     parser.add_argument("--nbs", type=int, default=64, help="nominal batch size: smaller batches accumulate to it")
     warmup = f"warmup lasts max(warmup_epochs x batches per epoch, N) iterations (yolov5: {MIN_WARMUP_ITERS})"
     parser.add_argument("--min-warmup-iters", type=int, default=MIN_WARMUP_ITERS, metavar="N", help=warmup)
@@ -166,6 +168,7 @@ def build_train_options(
         validate_every_epoch=not args.noval,
         fitness_weights=parse_fitness_weights(args.fitness) if args.fitness else None,
         gpu_augment=args.gpu_augment,
+        cpu_fast=args.cpu_fast,
         min_warmup_iters=args.min_warmup_iters,
         resume=args.resume if isinstance(args.resume, str) else None,
         single_cls=args.single_cls,

@@ -127,7 +127,8 @@ def train_one_epoch(
             rng = np.random.default_rng([context.multi_scale.seed, epoch, batch_index])
             images, targets = multi_scale_batch(images, targets, rng, context.multi_scale.img_size,
                                                 context.multi_scale.stride)  # fmt: skip
-        with torch.autocast(device_type=context.device.type, enabled=context.amp):
+        amp_dtype = torch.bfloat16 if context.device.type == "cpu" else torch.float16  # CPU: bf16, CUDA: fp16
+        with torch.autocast(device_type=context.device.type, dtype=amp_dtype, enabled=context.amp):
             loss, terms = context.loss_fn(model(images), targets)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(

@@ -16,6 +16,7 @@ from utils.data.dataset import YoloDataset, build_dataloader
 from utils.data.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
 from utils.data.image_weights import image_weights
 from utils.data.prepared import PreparedData
+from utils.device import cpu_has_bf16
 from utils.errors import UserError
 from utils.evaluation.fitness import fitness
 from utils.evaluation.validator import Validation, run_validation
@@ -75,7 +76,10 @@ def build_detector(
             model.detect.anchors.copy_(fitted_anchors[key])
     if options.is_main_process and options.outputs.show_progress:
         LOGGER.info(model_summary(model, data.img_size))
-    return model.to(options.device)
+    model = model.to(options.device)
+    if options.cpu_fast and options.device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # oneDNN then keeps activations NHWC, without reorders
+    return model
 
 
 def build_step_context(
@@ -92,6 +96,9 @@ def build_step_context(
     scheduler_name = scheduler_params.pop("name")
     scheduler = build_scheduler(scheduler_name, options.epochs, derived.lrf, **scheduler_params)
     use_amp = options.amp and options.device.type == "cuda"
+    # bf16 needs no loss scaling (its exponent is float32's); the weights, EMA, BatchNorm statistics and the loss
+    # stay float32, and only the autocast ops (convolutions, matmuls) run in bf16.
+    cpu_bf16 = options.cpu_fast and options.device.type == "cpu" and cpu_has_bf16()
     stride = int(unwrap_model(model).stride.max())
     return StepContext(
         optimizer=optimizer,
@@ -105,7 +112,7 @@ def build_step_context(
         nominal_batch=options.nominal_batch,
         warmup_iters=warmup_iterations(derived.warmup_epochs, num_batches, options.min_warmup_iters),
         num_batches=num_batches,
-        amp=use_amp,
+        amp=use_amp or cpu_bf16,
         world_size=options.distributed.world_size,
         multi_scale=MultiScale(data.img_size, stride, options.seed) if options.multi_scale else None,
     )

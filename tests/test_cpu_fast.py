@@ -1,0 +1,71 @@
+"""Tests for --cpu-fast (utils/training/trainer.py, engine.py, utils/device.py): channels_last and bf16 autocast on a
+CPU give finite losses close to float32's, keep the weights, EMA and BatchNorm statistics in float32, and follow
+the flag and the CPU's bf16 support."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import cli
+from utils.data.prepared import prepare_data
+from utils.training import trainer
+from utils.training.options import OutputOptions, TrainOptions
+from utils.training.trainer import build_detector, build_step_context, build_train_loader, train_one_epoch
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_dataset: Path):
+    return prepare_data(tiny_dataset, 64)
+
+
+def one_batch_epoch(prepared, hyp: dict, cpu_fast: bool) -> tuple[dict[str, float], torch.nn.Module, object]:
+    """One epoch over the first batch with a fresh seeded detector; the loss is computed before the step."""
+    options = TrainOptions(epochs=1, batch_size=4, workers=0, autoanchor=False, cpu_fast=cpu_fast,
+                           outputs=OutputOptions(show_progress=False, plots=False))  # fmt: skip
+    torch.manual_seed(0)
+    model = build_detector(hyp, options, prepared)
+    _, loader = build_train_loader(hyp, options, prepared)
+    batch = next(iter(loader))
+    context = build_step_context(model, hyp, options, prepared, num_batches=1)
+    means = train_one_epoch(model, [batch], context, epoch=0, epochs=1, show_progress=False)
+    return means, model, context
+
+
+def test_bf16_autocast_and_float32_losses_are_finite_and_close(prepared, default_hyp, monkeypatch) -> None:
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)  # autocast runs (emulated) on any CPU
+    hyp = {key: float(value) for key, value in default_hyp.items()}
+    plain, _, plain_context = one_batch_epoch(prepared, hyp, cpu_fast=False)
+    fast, model, context = one_batch_epoch(prepared, hyp, cpu_fast=True)
+    assert not plain_context.amp and context.amp and not context.scaler.is_enabled()  # bf16 needs no loss scale
+    for name, value in plain.items():
+        assert math.isfinite(fast[name]) and fast[name] == pytest.approx(value, rel=0.05), name
+    assert plain != fast  # bf16 really ran: the figures differ in their low bits
+    floats = [*model.state_dict().values(), *context.ema.ema.state_dict().values()]
+    assert all(tensor.dtype == torch.float32 for tensor in floats if tensor.is_floating_point())
+    assert all(torch.isfinite(tensor).all() for tensor in floats if tensor.is_floating_point())
+
+
+@pytest.mark.parametrize(("cpu_fast", "has_bf16", "amp", "channels_last"), [
+    (False, True, False, False), (True, True, True, True), (True, False, False, True),
+])  # fmt: skip
+def test_cpu_fast_follows_the_flag_and_the_cpu(prepared, default_hyp, monkeypatch, cpu_fast, has_bf16, amp,
+                                               channels_last) -> None:  # fmt: skip
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: has_bf16)
+    hyp = {key: float(value) for key, value in default_hyp.items()}
+    options = TrainOptions(epochs=1, batch_size=4, workers=0, autoanchor=False, cpu_fast=cpu_fast,
+                           outputs=OutputOptions(show_progress=False, plots=False))  # fmt: skip
+    model = build_detector(hyp, options, prepared)
+    weight = model.model[0].conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert weight.is_contiguous() != channels_last
+    assert build_step_context(model, hyp, options, prepared, num_batches=1).amp == amp
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], False), (["--cpu-fast"], True), (["--no-cpu-fast"], False)])
+def test_cpu_fast_flag(flags: list[str], expected: bool) -> None:
+    args = cli.parse_train_args(["--device", "cpu", *flags])
+    assert cli.build_train_options(args, torch.device("cpu")).cpu_fast == expected
