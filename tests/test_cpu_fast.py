@@ -69,3 +69,36 @@ def test_cpu_fast_follows_the_flag_and_the_cpu(prepared, default_hyp, monkeypatc
 def test_cpu_fast_flag(flags: list[str], expected: bool) -> None:
     args = cli.parse_train_args(["--device", "cpu", *flags])
     assert cli.build_train_options(args, torch.device("cpu")).cpu_fast == expected
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(False, False, False), (True, False, True),
+                                                               (False, True, True)])  # fmt: skip
+def test_native_bf16_means_avx512_bf16_or_amx(monkeypatch, avx512_bf16: bool, amx: bool, expected: bool) -> None:
+    """Plain AVX-512 (Skylake to Ice Lake) only emulates bf16: mkldnn's own check says yes there, ours must not."""
+    from utils import device
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert device.cpu_has_bf16() == expected
+
+
+def test_children_with_and_without_cpu_fast_cannot_share_a_study() -> None:
+    plain, fast = (cli.evolution_setup(cli.parse_train_args(flags)) for flags in ([], ["--cpu-fast"]))
+    assert plain["cpu_fast"] is False and fast["cpu_fast"] is True
+
+
+def test_a_run_that_fails_mid_epoch_closes_its_event_file(prepared, default_hyp, tmp_path, monkeypatch) -> None:
+    """A pruned or failed child leaves train() by an exception; its TensorBoard writer must not stay open."""
+    closed = []
+    monkeypatch.setattr(trainer.RunOutputs, "close", lambda self: closed.append(self.save_dir))
+    hyp = {key: float(value) for key, value in default_hyp.items()}
+    options = TrainOptions(epochs=2, batch_size=4, workers=0, autoanchor=False,
+                           outputs=OutputOptions(show_progress=False, plots=False, save_dir=tmp_path))  # fmt: skip
+
+    def fail(epoch: int, metrics: dict[str, float]) -> None:
+        raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):
+        trainer.train(hyp, options, prepared, on_epoch_end=fail)
+    assert closed == [tmp_path]

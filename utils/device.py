@@ -31,9 +31,10 @@ def select_device(device: str = "", local_rank: int = -1) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated, slowly."""
+    """Whether this CPU runs bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated, slowly.
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` is not this test: it is true on any AVX-512 CPU.)"""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

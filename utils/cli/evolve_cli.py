@@ -99,7 +99,8 @@ def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
     keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
     start = {"weights": str(args.weights), "freeze": list(args.freeze)}  # children fine-tuned alike
     # The training modes change what a child trains on or is scored on (one class), so fitness values from
-    # different modes are not comparable; --save-period is not here, children save no epoch files.
+    # different modes are not comparable (nor are bf16 and float32 children: --cpu-fast); --save-period is not
+    # here, children save no epoch files.
     modes = {"single_cls": args.single_cls, "rect": args.rect, "multi_scale": args.multi_scale,
-             "image_weights": args.image_weights}  # fmt: skip
+             "image_weights": args.image_weights, "cpu_fast": args.cpu_fast}  # fmt: skip
     return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs, **start, **modes}

@@ -103,6 +103,10 @@ class RunOutputs:
         if period > 0 and epoch % period == 0:  # --save-period, counted as yolov5 does: epoch0.pt, epochN.pt, ...
             save_checkpoint(self.weights_dir / f"epoch{epoch}.pt", **checkpoint)
 
+    def close(self) -> None:
+        """Close the TensorBoard event file (``finish`` does too); safe to call twice."""
+        self.tensorboard.close()
+
     def finish(self, model: nn.Module, context: StepContext) -> None:
         """best.pt validated again (its table, and its plots unless --noplots; not with the console off, as for
         evolution children that keep their folders), then results.png and lr.png."""

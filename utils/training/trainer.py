@@ -215,8 +215,7 @@ def train(
 
     ``on_epoch_end(epoch, metrics)`` is called after each epoch; ``metrics`` hold ``fitness`` and the val metrics
     when the epoch validated, and are empty on DDP ranks other than 0 (evolution prints them and prunes by them);
-    ``fitted_anchors`` see ``build_detector``.
-    Nothing is written when ``options.outputs.save_dir`` is None.
+    ``fitted_anchors`` see ``build_detector``. Nothing is written when ``options.outputs.save_dir`` is None.
     """
     seed_everything(options.seed + max(options.distributed.rank, 0), options.deterministic)
     model = build_detector(hyp, options, data, fitted_anchors)
@@ -234,30 +233,34 @@ def train(
     metrics: dict[str, float] = {}
     validation: Validation | None = None  # the last one, whose per-class mAP --image-weights uses
     epochs_without_improvement = 0
-    for epoch in range(start_epoch, options.epochs):
-        prepare_epoch(dataset, epoch, options, data, validation)
-        show_progress = options.outputs.show_progress and options.is_main_process
-        train_terms = train_one_epoch(model, loader, context, epoch, options.epochs, show_progress=show_progress)
-        final_epoch = epoch + 1 == options.epochs
-        epoch_fitness, improved = None, False
-        if options.is_main_process:
-            metrics = dict(train_terms)
-            if options.validate_every_epoch or final_epoch:
-                validation = evaluate(context, data, options, show_progress)
-                metrics.update(validation.metrics)
-                epoch_fitness = metrics["fitness"] = fitness(metrics, options.fitness_weights)
-                improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
-                epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
-        stop = bool(options.patience and epochs_without_improvement >= options.patience)
-        epoch_fitness, stop = share_from_main_process(epoch_fitness, stop, options.distributed, options.device)
-        context.scheduler.step(epoch, epoch_fitness)  # before saving, so that a resume starts from this state
+    try:
+        for epoch in range(start_epoch, options.epochs):
+            prepare_epoch(dataset, epoch, options, data, validation)
+            show_progress = options.outputs.show_progress and options.is_main_process
+            train_terms = train_one_epoch(model, loader, context, epoch, options.epochs, show_progress=show_progress)
+            final_epoch = epoch + 1 == options.epochs
+            epoch_fitness, improved = None, False
+            if options.is_main_process:
+                metrics = dict(train_terms)
+                if options.validate_every_epoch or final_epoch:
+                    validation = evaluate(context, data, options, show_progress)
+                    metrics.update(validation.metrics)
+                    epoch_fitness = metrics["fitness"] = fitness(metrics, options.fitness_weights)
+                    improved, best_fitness = epoch_fitness > best_fitness, max(best_fitness, epoch_fitness)
+                    epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
+            stop = bool(options.patience and epochs_without_improvement >= options.patience)
+            epoch_fitness, stop = share_from_main_process(epoch_fitness, stop, options.distributed, options.device)
+            context.scheduler.step(epoch, epoch_fitness)  # before saving, so that a resume starts from this state
+            if outputs is not None:
+                outputs.end_epoch(epoch, metrics, improved, best_fitness, model, final=final_epoch or stop)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+            if stop:
+                LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
+                break
+    finally:  # a pruned or failed child leaves by an exception: its event file is closed all the same
         if outputs is not None:
-            outputs.end_epoch(epoch, metrics, improved, best_fitness, model, final=final_epoch or stop)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
-        if stop:
-            LOGGER.info(f"stopping early: no improvement in the last {options.patience} epochs")
-            break
+            outputs.close()
     if outputs is not None:
         outputs.finish(model, context)
     return metrics
