@@ -74,27 +74,30 @@ class TimedLoader:
         return min(self.limit, len(self.loader))
 
 
-VARIANTS = ("fp32", "bf16", "channels_last", "bf16+channels_last", "compile", "threads1")
+VARIANTS = (
+    "fp32", "bf16", "channels_last", "bf16+channels_last", "compile", "bf16+channels_last+compile", "threads1",
+    "bf16+channels_last+threads1",
+)
 
 
-def apply_variant(name: str, model, context, device: torch.device):
-    """(model, context) for one CPU speed candidate (issue 16); the library's defaults are 'fp32'.
+def apply_variant(name: str, model, context):
+    """(model, context) for one CPU speed candidate (issue 16), from a float32 NCHW model and its context.
 
     bf16: CPU autocast to bfloat16 (float32 master weights, the loss in float32, no loss scaling);
-    channels_last: NHWC weights, so oneDNN keeps activations NHWC; compile: torch.compile (inductor), timed apart;
-    threads1: one intra-op thread instead of one per core."""
+    channels_last: NHWC weights, so oneDNN keeps activations NHWC (converted before the context is built, so the
+    EMA copy is NHWC too, as in the trainer); compile: torch.compile (inductor) of the training forward, its
+    compile time in the first-step column; threads1: one intra-op thread instead of one per core."""
     if "bf16" in name:
         context = dataclasses.replace(context, amp=True)  # the engine's autocast on CPU defaults to bfloat16
-    if "channels_last" in name:
-        model = model.to(memory_format=torch.channels_last)
-    if name == "compile":
+    if "compile" in name:
         model = torch.compile(model)
     return model, context
 
 
 def compare_variants(args, hyp, options, data, names: list[str], rounds: int) -> None:
     """Model-only and end-to-end img/s of each variant, interleaved round by round so that a busy machine slows
-    every variant alike; prints each round's figures and the median."""
+    every variant alike; prints each round's figures and the median. Every variant starts from float32 NCHW."""
+    options = dataclasses.replace(options, cpu_fast=False)
     dataset = data.train_dataset(hyp, args.batch, seed=0)
     loader = build_dataloader(dataset, args.batch, args.workers, shuffle=True)
     batch = next(iter(loader))
@@ -102,17 +105,19 @@ def compare_variants(args, hyp, options, data, names: list[str], rounds: int) ->
     for name in names:
         torch.manual_seed(0)
         model = build_detector(hyp, options, data)
+        if "channels_last" in name:
+            model = model.to(memory_format=torch.channels_last)
         context = build_step_context(model, hyp, options, data, num_batches=len(loader))
         start = time.perf_counter()
-        model, context = apply_variant(name, model, context, options.device)
-        with thread_count(1 if name == "threads1" else None):
+        model, context = apply_variant(name, model, context)
+        with thread_count(1 if "threads1" in name else None):
             model_only(model, context, batch, options.device, steps=1, warmup=1)  # compiles, if it does
         built[name] = (model, context, time.perf_counter() - start)
     figures = {name: ([], []) for name in names}
     for _ in range(rounds):
         for name in names:
             model, context, _ = built[name]
-            with thread_count(1 if name == "threads1" else None):
+            with thread_count(1 if "threads1" in name else None):
                 figures[name][0].append(model_only(model, context, batch, options.device, args.steps, warmup=1))
                 figures[name][1].append(end_to_end(model, context, loader, args, options.device))
     print(
