@@ -77,7 +77,7 @@ class TimedLoader:
 VARIANTS = (
     "fp32", "bf16", "channels_last", "bf16+channels_last", "compile", "bf16+channels_last+compile", "threads1",
     "bf16+channels_last+threads1",
-)
+)  # fmt: skip
 
 
 def apply_variant(name: str, model, context):
