@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> None:
         loader,
         names,
         device=device,
-        half=args.half,
+        half=args.half and device.type == "cuda",
         save_dir=save_dir,
         conf_thres=0.25 if speed_only else args.conf_thres,
         iou_thres=0.45 if speed_only else args.iou_thres,

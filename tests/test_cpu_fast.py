@@ -65,7 +65,7 @@ def test_cpu_fast_follows_the_flag_and_the_cpu(prepared, default_hyp, monkeypatc
     assert build_step_context(model, hyp, options, prepared, num_batches=1).amp == amp
 
 
-@pytest.mark.parametrize(("flags", "expected"), [([], False), (["--cpu-fast"], True), (["--no-cpu-fast"], False)])
+@pytest.mark.parametrize(("flags", "expected"), [([], True), (["--cpu-fast"], True), (["--no-cpu-fast"], False)])
 def test_cpu_fast_flag(flags: list[str], expected: bool) -> None:
     args = cli.parse_train_args(["--device", "cpu", *flags])
     assert cli.build_train_options(args, torch.device("cpu")).cpu_fast == expected
@@ -84,7 +84,7 @@ def test_native_bf16_means_avx512_bf16_or_amx(monkeypatch, avx512_bf16: bool, am
 
 
 def test_children_with_and_without_cpu_fast_cannot_share_a_study() -> None:
-    plain, fast = (cli.evolution_setup(cli.parse_train_args(flags)) for flags in ([], ["--cpu-fast"]))
+    plain, fast = (cli.evolution_setup(cli.parse_train_args(flags)) for flags in (["--no-cpu-fast"], []))
     assert plain["cpu_fast"] is False and fast["cpu_fast"] is True
 
 
@@ -102,3 +102,32 @@ def test_a_run_that_fails_mid_epoch_closes_its_event_file(prepared, default_hyp,
     with pytest.raises(RuntimeError, match="pruned"):
         trainer.train(hyp, options, prepared, on_epoch_end=fail)
     assert closed == [tmp_path]
+
+
+@pytest.mark.parametrize("cpu_fast", [False, True])
+def test_per_epoch_validation_follows_the_training_precision(prepared, default_hyp, monkeypatch, cpu_fast) -> None:
+    """With bf16 training the per-epoch validation of the EMA runs under bf16 autocast too (cheaper); its metrics
+    stay finite and the EMA stays float32. Without it, validation is float32."""
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    hyp = {key: float(value) for key, value in default_hyp.items()}
+    _, _, context = one_batch_epoch(prepared, hyp, cpu_fast=cpu_fast)
+    seen = []
+    hook = context.ema.ema.register_forward_hook(
+        lambda module, inputs, output: seen.append((torch.is_autocast_enabled("cpu"), output[1][0].dtype))
+    )
+    options = TrainOptions(batch_size=4, workers=0, cpu_fast=cpu_fast)
+    validation = trainer.evaluate(context, prepared, options)
+    hook.remove()
+    expected = (True, torch.bfloat16) if cpu_fast else (False, torch.float32)
+    assert seen and all(entry == expected for entry in seen)
+    assert all(math.isfinite(value) for value in validation.metrics.values())
+    assert all(t.dtype == torch.float32 for t in context.ema.ema.state_dict().values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize(("flags", "device", "expected"), [
+    ([], "cpu", 0), ([], "cuda", 2), (["--workers", "3"], "cpu", 3), (["--workers", "0"], "cuda", 0),
+])  # fmt: skip
+def test_loader_workers_default_to_none_on_a_cpu(flags: list[str], device: str, expected: int) -> None:
+    """A CPU trains on every core, so loader processes would only compete with the step; CUDA keeps 2."""
+    args = cli.parse_train_args(flags)
+    assert cli.build_train_options(args, torch.device(device)).workers == expected

@@ -82,8 +82,10 @@ def run_validation(
     yolov5's bar, the table header as its description (the caller prints the rows); ``max_detections_per_image``
     keeps the top N per image and class when scoring (COCO uses 100)."""
     device = torch.device(device)
-    # Autocast instead of model.half(): training passes its EMA model, which must stay float32.
-    use_autocast = half and device.type == "cuda"
+    # Autocast instead of model.half(): training passes its EMA model, which must stay float32. ``half``: fp16 on
+    # CUDA, bf16 on a CPU (training asks for it only where the CPU runs bf16 natively: --cpu-fast).
+    use_autocast = half and device.type in ("cuda", "cpu")
+    autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     save_dir = Path(save_dir) if save_dir is not None else None
     accumulator = DetectionMetrics(len(names), names, max_detections_per_image)
     collector = _Collector(accumulator, save_dir, save_txt, save_json)
@@ -95,7 +97,7 @@ def run_validation(
             images = images.to(device, non_blocking=True).float() / 255
             targets = targets.to(device)
             after_preprocess = _synchronized_time(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_autocast):
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=use_autocast):
                 decoded, raw = model(images)
             after_inference = _synchronized_time(device)
             if loss_fn is not None:

@@ -58,7 +58,7 @@ class TrainOptions:
     validate_every_epoch: bool = True  # --noval validates the final epoch only
     fitness_weights: dict[str, float] | None = None
     amp: bool = True  # fp16 autocast with loss scaling, only ever on for CUDA
-    cpu_fast: bool = False  # --cpu-fast: on a CPU, channels_last, and bf16 autocast where the CPU runs bf16 natively
+    cpu_fast: bool = True  # on a CPU, channels_last, and bf16 autocast where the CPU runs bf16 natively (--no-cpu-fast)
     gpu_augment: str = "auto"  # on | off | auto (on for CUDA devices); augment batches on the device
     min_warmup_iters: int = 100  # yolov5's floor under warmup_epochs x batches per epoch
     resume: str | None = None  # a last.pt to continue from
