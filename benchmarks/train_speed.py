@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py --cfg yolov5n.yaml --img 320 --batch 16 --device cpu
     python benchmarks/train_speed.py --cfg yolov5s.yaml --img 640 --batch 64 --device 0 --workers 16
     python benchmarks/train_speed.py --img 320 --variants fp32,bf16,channels_last,bf16+channels_last,threads1
+    python benchmarks/train_speed.py --img 256 --variants fp32+w2,bf16+channels_last+w0   # +wN: N loader workers
 
 Prints images/s for both, plus where an end-to-end step spends its time (waiting for data vs computing).
 """
@@ -80,6 +81,12 @@ VARIANTS = (
 )  # fmt: skip
 
 
+def variant_workers(name: str, workers: int) -> int:
+    """A variant's loader workers: a '+wN' part (e.g. 'bf16+channels_last+w0'), else --workers."""
+    parts = [part for part in name.split("+") if part[:1] == "w" and part[1:].isdigit()]
+    return int(parts[-1][1:]) if parts else workers
+
+
 def apply_variant(name: str, model, context):
     """(model, context) for one CPU speed candidate (issue 16), from a float32 NCHW model and its context.
 
@@ -99,14 +106,16 @@ def compare_variants(args, hyp, options, data, names: list[str], rounds: int) ->
     every variant alike; prints each round's figures and the median. Every variant starts from float32 NCHW."""
     options = dataclasses.replace(options, cpu_fast=False)
     dataset = data.train_dataset(hyp, args.batch, seed=0)
-    loader = build_dataloader(dataset, args.batch, args.workers, shuffle=True)
-    batch = next(iter(loader))
+    loaders = {workers: build_dataloader(dataset, args.batch, workers, shuffle=True)
+               for workers in {variant_workers(name, args.workers) for name in names}}  # fmt: skip
+    batch = next(iter(loaders[args.workers] if args.workers in loaders else next(iter(loaders.values()))))
     built = {}
     for name in names:
         torch.manual_seed(0)
         model = build_detector(hyp, options, data)
         if "channels_last" in name:
             model = model.to(memory_format=torch.channels_last)
+        loader = loaders[variant_workers(name, args.workers)]
         context = build_step_context(model, hyp, options, data, num_batches=len(loader))
         start = time.perf_counter()
         model, context = apply_variant(name, model, context)
@@ -119,6 +128,7 @@ def compare_variants(args, hyp, options, data, names: list[str], rounds: int) ->
             model, context, _ = built[name]
             with thread_count(1 if "threads1" in name else None):
                 figures[name][0].append(model_only(model, context, batch, options.device, args.steps, warmup=1))
+                loader = loaders[variant_workers(name, args.workers)]
                 figures[name][1].append(end_to_end(model, context, loader, args, options.device))
     print(
         f"device {options.device}, {args.cfg}, img {args.img}, batch {args.batch}, workers {args.workers}, "
@@ -183,7 +193,7 @@ def main() -> None:
     )  # fmt: skip
     if args.variants:
         names = args.variants.split(",")
-        unknown = [name for name in names if name not in VARIANTS]
+        unknown = [name for name in names if "+".join(p for p in name.split("+") if p[:1] != "w") not in VARIANTS]
         if unknown:
             parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
         compare_variants(args, hyp, options, data, names, args.rounds)

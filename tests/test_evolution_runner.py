@@ -203,5 +203,6 @@ def test_workers_with_another_optimizer_or_nominal_batch_cannot_join(tmp_path):
     assert first["optimizer"] == "AdamW" and first["nbs"] == 16  # shapes.yaml's recommended recipe
     run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, setup=first, plots=False)
     sgd = evolution_setup(parse_train_args(["--evolve", "2", "--optimizer", "SGD", "--nbs", "64"]))
-    with pytest.raises(UserError, match="different nbs, optimizer"):
+    with pytest.raises(UserError, match="different nbs, optimizer") as error:
         run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup=sgd, plots=False)
+    assert str(error.value).endswith("; the study has nbs=16, optimizer='AdamW'")  # what a rerun must match

@@ -102,9 +102,12 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
         recorded = study.user_attrs[SETUP_ATTR]
     differing = sorted(key for key in set(current) | set(recorded) if current.get(key) != recorded.get(key))
     if differing:
+        # Short recorded values are named, so that a rerun can match them (cpu_fast=False: add --no-cpu-fast).
+        shown = [f"{key}={recorded.get(key)!r}" for key in differing if len(repr(recorded.get(key))) <= 40]
         raise UserError(
             f"study '{study.study_name}' was started with a different {', '.join(differing)}; "
             "use another --name to start a new evolution (--evolve-from can seed it from the old evolve.csv)"
+            + (f"; the study has {', '.join(shown)}" if shown else "")
         )
 
 
