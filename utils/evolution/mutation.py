@@ -1,8 +1,9 @@
 """The genetic moves, as pure functions of a parent vector, the gene specs and a random generator.
 
 A child is a vector with one number per evolved gene in hyp order; a choice gene is carried as its index. yolov5's
-mutation (``mutate``), crossover, parent selection, the moves of a few genes (``subspace_move``) and uniform draws,
-plus the per-child random generator that makes every child a function of (evolution seed, child index).
+mutation (``mutate``, and ``mutate_rows`` for many parents at once), crossover, parent selection, the moves of a few
+genes (``subspace_move``), uniform draws and the default sampler's pool of such moves (``genetic_pool``), plus the
+per-child random generator that makes every child a function of (evolution seed, child index).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ SIGNIFICANT_DIGITS = 5
 CHOICE_SWITCH_PROBABILITY = 0.1  # per child, times the gene's gain
 SUBSPACE_MAX_GENES = 3
 SUBSPACE_STEP = 0.1
+POOL_SIZE = 500  # proposals screened per child
+# (kind, share of the pool): yolov5's mutation, a 4x smaller and a 3x larger step, crossover then mutation, a
+# change of the few genes the model finds relevant, uniform draws.
+POOL_SHARES = (
+    ("mutation", 0.3),
+    ("small", 0.1),
+    ("large", 0.1),
+    ("crossover", 0.15),
+    ("subspace", 0.3),
+    ("uniform", 0.05),
+)
 
 
 def child_rng(seed: int, child_index: int) -> np.random.Generator:
@@ -95,9 +107,56 @@ def mutate(
     return switch_choices(rounded, specs, rng, force=bool(np.array_equal(rounded, parent)))
 
 
+def mutate_rows(
+    parents: np.ndarray,
+    specs: Sequence[GeneSpec],
+    rng: np.random.Generator,
+    floor_fraction: float = ZERO_FLOOR_FRACTION,
+    sigma: float = MUTATION_SIGMA,
+) -> np.ndarray:
+    """``mutate`` for many parents (rows) at once: the same rule, drawn in arrays (so not the same draws)."""
+    count = len(parents)
+    choice = np.array([spec.type == "choice" for spec in specs])
+    gains = np.array([0.0 if spec.type == "choice" else spec.gain for spec in specs], dtype=float)
+    low = np.array([spec.low for spec in specs], dtype=float)
+    high = np.array([spec.high for spec in specs], dtype=float)
+    factors = np.ones((count, len(specs)))
+    redraw = np.arange(count) if np.any(gains > 0) else np.arange(0)
+    while len(redraw):
+        mutates = rng.random((len(redraw), len(specs))) < MUTATION_PROBABILITY
+        ratio = rng.random((len(redraw), 1))
+        step = gains * mutates * rng.standard_normal((len(redraw), len(specs))) * ratio * sigma
+        factors[redraw] = (1 + step).clip(*FACTOR_RANGE)
+        redraw = redraw[np.all(factors[redraw] == 1, axis=1)]
+    floor = np.where(low <= 0, floor_fraction * (high - low), 0.0)
+    child = (parents + (factors - 1) * np.maximum(np.abs(parents), floor)).clip(low, high)
+    integer = np.array([spec.type == "int" for spec in specs])
+    child = np.where(integer, np.round(child), round_significant(child)).clip(low, high)
+    child = np.where(choice, parents, child)
+    switchable = [index for index, spec in enumerate(specs) if spec.type == "choice" and spec.gain > 0]
+    switch = np.zeros((count, len(specs)), dtype=bool)
+    for index in switchable:
+        switch[:, index] = rng.random(count) < CHOICE_SWITCH_PROBABILITY * specs[index].gain
+    if switchable:  # a row that nothing changed switches one choice gene for sure, as in ``mutate``
+        forced = np.flatnonzero(np.all(child == parents, axis=1) & ~switch.any(axis=1))
+        switch[forced, rng.choice(switchable, size=len(forced))] = True
+    for index in switchable:
+        choices = len(specs[index].choices)
+        other = (np.round(parents[:, index]) + rng.integers(1, choices, count)) % choices
+        child[:, index] = np.where(switch[:, index], other, child[:, index])
+    return child
+
+
+def round_significant(values: np.ndarray) -> np.ndarray:
+    """Values rounded to ``SIGNIFICANT_DIGITS`` significant digits, by arithmetic (rows of a pool at once)."""
+    exponent = np.floor(np.log10(np.maximum(np.abs(values), 1e-300)))
+    scale = 10.0 ** (SIGNIFICANT_DIGITS - 1 - exponent)
+    return np.where(values == 0, 0.0, np.round(values * scale) / scale)
+
+
 def crossover(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Uniform crossover: each gene from either parent with equal probability."""
-    return np.where(rng.random(len(first)) < 0.5, first, second)
+    """Uniform crossover: each gene from either parent with equal probability (rows of parents pair up)."""
+    return np.where(rng.random(np.shape(first)) < 0.5, first, second)
 
 
 def select_parent(
@@ -160,12 +219,12 @@ def subspace_move(
     return child
 
 
-def to_unit(value: float, spec: GeneSpec) -> float:
-    """A gene's value on [0, 1] of its bounds, on its search scale (log for log genes)."""
+def to_unit(value: Any, spec: GeneSpec) -> Any:
+    """A gene's value (a number or an array) on [0, 1] of its bounds, on its search scale (log for log genes)."""
     if spec.high <= spec.low:
-        return 0.0
+        return value * 0.0
     if spec.scale == "log":
-        return math.log(value / spec.low) / math.log(spec.high / spec.low)
+        return np.log(value / spec.low) / math.log(spec.high / spec.low)
     return (value - spec.low) / (spec.high - spec.low)
 
 
@@ -176,6 +235,17 @@ def from_unit(position: float, spec: GeneSpec) -> float:
     else:
         value = spec.low + position * (spec.high - spec.low)
     return min(max(decode_number(value, spec), spec.low), spec.high)
+
+
+def from_unit_array(positions: np.ndarray, spec: GeneSpec) -> np.ndarray:
+    """``from_unit`` for an array of positions of one gene, with 5 significant digits by arithmetic."""
+    if spec.scale == "log":
+        values = spec.low * (spec.high / spec.low) ** positions
+    else:
+        values = spec.low + positions * (spec.high - spec.low)
+    if spec.type in ("int", "choice"):
+        return np.clip(np.round(values), spec.low, spec.high)
+    return np.clip(round_significant(values), spec.low, spec.high)
 
 
 def decode_number(value: float, spec: GeneSpec) -> float:
@@ -193,3 +263,39 @@ def uniform_draw(specs: Sequence[GeneSpec], rng: np.random.Generator) -> np.ndar
             for spec in specs
         ]
     )
+
+
+def genetic_pool(
+    parents: np.ndarray,
+    fitness: np.ndarray,
+    specs: Sequence[GeneSpec],
+    rng: np.random.Generator,
+    relevance: np.ndarray,
+    floor_fraction: float = ZERO_FLOOR_FRACTION,
+) -> tuple[list[np.ndarray], list[list[int]]]:
+    """``POOL_SIZE`` genetic moves from ``parents`` (drawn weighted by ``fitness``) in ``POOL_SHARES``, and for each
+    the positions of its parents among ``parents`` (none for a uniform draw)."""
+    weights = fitness - fitness.min() + 1e-6
+    weights = weights / weights.sum()
+    pool, origins = [], []
+    for kind, share in POOL_SHARES:
+        count = int(POOL_SIZE * share)
+        first = rng.choice(len(parents), size=count, p=weights)
+        if kind == "uniform":
+            pool.extend(uniform_draw(specs, rng) for _ in range(count))
+            origins.extend([[]] * count)
+            continue
+        if kind == "subspace":
+            pool.extend(subspace_move(parents[index], specs, rng, relevance) for index in first)
+            origins.extend([int(index)] for index in first)
+            continue
+        rows = parents[first]
+        if kind == "crossover":
+            second = rng.choice(len(parents), size=count, p=weights)
+            rows = crossover(rows, parents[second], rng)
+            origins.extend(sorted({int(a), int(b)}) for a, b in zip(first, second))
+        else:
+            origins.extend([int(index)] for index in first)
+        sigma = {"small": MUTATION_SIGMA / 4, "large": MUTATION_SIGMA * 3}.get(kind, MUTATION_SIGMA)
+        pool.extend(mutate_rows(rows, specs, rng, floor_fraction, sigma))
+    return pool, origins

@@ -22,37 +22,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import UserError
 from utils.evolution.mutation import (
-    MUTATION_SIGMA,
     PARENT_SELECTIONS,
     ZERO_FLOOR_FRACTION,
     child_rng,
     child_seed,
-    crossover,
     decode,
     encode,
-    from_unit,
+    from_unit_array,
+    genetic_pool,
     mutate,
     select_parent,
-    subspace_move,
     to_unit,
-    uniform_draw,
 )
 from utils.evolution.search_space import GeneSpec, SearchSpace
 from utils.evolution.surrogate import GaussianProcess, ParzenScreen, expected_improvement
 
 SAMPLERS = ("ga", "classic", "tpe", "cmaes", "random")
 STARTUP_CHILDREN = 10  # completed children before the model screens proposals (classic moves until then)
-POOL_SIZE = 500  # proposals screened per child
-# (kind, share of the pool): yolov5's mutation, a 4x smaller and a 3x larger step, crossover then mutation, a
-# change of the few genes the model finds relevant, uniform draws.
-POOL_SHARES = (
-    ("mutation", 0.3),
-    ("small", 0.1),
-    ("large", 0.1),
-    ("crossover", 0.15),
-    ("subspace", 0.3),
-    ("uniform", 0.05),
-)
 PARZEN_PROPOSALS = 250  # and TPE-style draws from the density of the best children
 FIT_MAX = 120  # the model's hyperparameters are fitted on at most this many (the best) children
 REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
@@ -152,16 +138,17 @@ class ScreenedGeneticSampler(GeneticSampler):
     Until ``STARTUP_CHILDREN`` children have completed (imported rows included), children are classic moves
     (mutations of a fitness-weighted top-5 parent). After that, each child is the most promising of about 750
     proposals by expected improvement under a Gaussian-process model (``utils.evolution.surrogate``). The proposals
-    (``POOL_SHARES`` of ``POOL_SIZE``) are genetic moves from the 5 children the model rates best (its posterior
-    mean, which discounts a child that was only lucky): yolov5 mutations at three step sizes, crossovers, moves of
-    the 1-3 genes the model finds relevant, and uniform draws; plus ``PARZEN_PROPOSALS`` TPE-style draws from the
-    density of the best children. The model's data: every completed child, every pruned child at the lowest
-    completed fitness (never a parent), and children other workers are training at their predicted fitness, so
-    concurrent workers do not propose the same point.
+    (``mutation.genetic_pool``: ``POOL_SHARES`` of ``POOL_SIZE``, drawn in arrays) are genetic moves from the 5
+    children the model rates best (its posterior mean, which discounts a child that was only lucky): yolov5
+    mutations at three step sizes, crossovers, moves of the 1-3 genes the model finds relevant, and uniform draws;
+    plus ``PARZEN_PROPOSALS`` TPE-style draws from the density of the best children. The model's data: every
+    completed child, every pruned child at the lowest completed fitness (never a parent), and children other workers
+    are training at their predicted fitness, so concurrent workers do not propose the same point.
 
     Everything is a function of (seed, child number, those children): replays and resumes draw the same child.
-    The model's hyperparameters are refitted from the same start, on at most the ``FIT_MAX`` best children, each
-    time the completed children pass a point of a x1.2 schedule: under a second per child at 300 children.
+    The model's hyperparameters are refitted from the same two starts (``surrogate.FIT_STARTS``), on at most the
+    ``FIT_MAX`` best children, each time the completed children pass a point of a x1.2 schedule: well under a second
+    per child at 300 children.
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
@@ -177,7 +164,7 @@ class ScreenedGeneticSampler(GeneticSampler):
         genes = self.space.genes
         specs = list(genes.values())
         rng = child_rng(self.seed, trial.number)
-        x = np.array([self.unit(self.vector(child)) for child in completed])
+        x = self.units([self.vector(child) for child in completed])
         y = np.array([child.value for child in completed], dtype=float)
         model = self.model(completed, x, y)
         fitted_mean, _ = model.predict(x)
@@ -187,22 +174,21 @@ class ScreenedGeneticSampler(GeneticSampler):
         pruned = [child for child in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
                   if set(genes) <= set(child.params)]  # fmt: skip
         if pruned:
-            x = np.concatenate([x, [self.unit(self.vector(child)) for child in pruned]])
+            x = np.concatenate([x, self.units([self.vector(child) for child in pruned])])
             y = np.concatenate([y, np.full(len(pruned), y.min())])
             model = GaussianProcess.condition(x, y, model.lengths, model.signal, model.noise)
         parents = np.array([self.vector(completed[index]) for index in order])
-        pool, origins = self.proposals(parents, fitted_mean[order], specs, rng, self.relevance(model))
-        for position in ParzenScreen.fit(x, y).sample(PARZEN_PROPOSALS, rng):
-            pool.append(self.from_unit_vector(position))
-            origins.append([])
+        pool, origins = genetic_pool(
+            parents, fitted_mean[order], specs, rng, self.relevance(model), self.floor_fraction
+        )
+        pool.extend(self.from_unit_rows(ParzenScreen.fit(x, y).sample(PARZEN_PROPOSALS, rng)))
+        origins.extend([[]] * PARZEN_PROPOSALS)
         running = [
             other for other in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if other.number != trial.number and set(genes) <= set(other.params)
         ]  # fmt: skip
-        model = model.with_fantasies(
-            np.array([self.unit(self.vector(other)) for other in running]).reshape(-1, x.shape[1])
-        )
-        mean, sd = model.predict(np.array([self.unit(candidate) for candidate in pool]))
+        model = model.with_fantasies(self.units([self.vector(other) for other in running]))
+        mean, sd = model.predict(self.units(pool))
         incumbent = float(model.predict(x[: len(completed)])[0].max())  # the best completed child, as now modelled
         score = expected_improvement(mean, sd, incumbent)
         best = int(np.argmax(score))
@@ -213,48 +199,19 @@ class ScreenedGeneticSampler(GeneticSampler):
         }
         return cast_params(dict(zip(genes, pool[best])), genes)
 
-    def relevance(self, model: GaussianProcess) -> np.ndarray:
-        """How much each gene matters to the model (1 / length scale squared; a choice gene by its shortest
-        column), normalised to sum to 1."""
-        inverse, column = [], 0
+    def gene_lengths(self, model: GaussianProcess) -> np.ndarray:
+        """The model's length scale of each gene (a choice gene: its shortest column)."""
+        lengths, column = [], 0
         for spec in self.space.genes.values():
             width = len(spec.choices) if spec.type == "choice" else 1
-            inverse.append(float((1.0 / model.lengths[column : column + width] ** 2).max()))
+            lengths.append(float(model.lengths[column : column + width].min()))
             column += width
-        inverse = np.array(inverse)
-        return inverse / inverse.sum()
+        return np.array(lengths)
 
-    def proposals(
-        self,
-        parents: np.ndarray,
-        fitness: np.ndarray,
-        specs: list[GeneSpec],
-        rng: np.random.Generator,
-        relevance: np.ndarray,
-    ) -> tuple[list[np.ndarray], list[list[int]]]:
-        """The candidate pool and, for each candidate, the positions of its parents among ``parents``."""
-        weights = fitness - fitness.min() + 1e-6
-        weights = weights / weights.sum()
-        pool, origins = [], []
-        for kind, share in POOL_SHARES:
-            for _ in range(int(POOL_SIZE * share)):
-                first = int(rng.choice(len(parents), p=weights))
-                if kind == "uniform":
-                    pool.append(uniform_draw(specs, rng))
-                    origins.append([])
-                    continue
-                parent, used = parents[first], [first]
-                if kind == "subspace":
-                    pool.append(subspace_move(parent, specs, rng, relevance))
-                    origins.append(used)
-                    continue
-                if kind == "crossover":
-                    second = int(rng.choice(len(parents), p=weights))
-                    parent, used = crossover(parent, parents[second], rng), sorted({first, second})
-                sigma = {"small": MUTATION_SIGMA / 4, "large": MUTATION_SIGMA * 3}.get(kind, MUTATION_SIGMA)
-                pool.append(mutate(parent, specs, rng, self.floor_fraction, sigma))
-                origins.append(used)
-        return pool, origins
+    def relevance(self, model: GaussianProcess) -> np.ndarray:
+        """How much each gene matters to the model (1 / length scale squared), normalised to sum to 1."""
+        inverse = 1.0 / self.gene_lengths(model) ** 2
+        return inverse / inverse.sum()
 
     def model(self, completed: list[FrozenTrial], x: np.ndarray, y: np.ndarray) -> GaussianProcess:
         """The GP on every completed child, with hyperparameters fitted on the first m of them (m on the schedule)."""
@@ -269,31 +226,33 @@ class ScreenedGeneticSampler(GeneticSampler):
         fitted = self._fits[key]
         return GaussianProcess.condition(x, y, fitted.lengths, fitted.signal, fitted.noise)
 
-    def from_unit_vector(self, position: np.ndarray) -> np.ndarray:
-        """The inverse of ``unit`` for a point on the unit cube (a choice gene takes its largest column)."""
+    def from_unit_rows(self, positions: np.ndarray) -> np.ndarray:
+        """The inverse of ``units`` for rows of points on the unit cube (a choice gene takes its largest column)."""
         genes, column = [], 0
         for spec in self.space.genes.values():
             if spec.type == "choice":
                 width = len(spec.choices)
-                genes.append(float(np.argmax(position[column : column + width])))
+                genes.append(np.argmax(positions[:, column : column + width], axis=1).astype(float))
                 column += width
             else:
-                genes.append(from_unit(float(position[column]), spec))
+                genes.append(from_unit_array(positions[:, column], spec))
                 column += 1
-        return np.array(genes)
+        return np.stack(genes, axis=1)
 
     def vector(self, trial: FrozenTrial) -> np.ndarray:
         return np.array([self.gene_value(trial, key) for key in self.space.genes])
 
-    def unit(self, vector: np.ndarray) -> np.ndarray:
-        """Genes on [0, 1] for the model: log scale for log genes, one column per choice for choice genes."""
+    def units(self, vectors: np.ndarray) -> np.ndarray:
+        """Rows of genes on [0, 1] for the model: log scale for log genes, one column per choice for choice genes."""
+        vectors = np.asarray(vectors, dtype=float).reshape(-1, len(self.space.genes))
         columns = []
-        for value, spec in zip(vector, self.space.genes.values()):
+        for index, spec in enumerate(self.space.genes.values()):
             if spec.type == "choice":
-                columns.extend(float(int(round(value)) == index) for index in range(len(spec.choices)))
+                chosen = np.round(vectors[:, index]).astype(int)
+                columns.extend((chosen == choice).astype(float) for choice in range(len(spec.choices)))
             else:
-                columns.append(to_unit(value, spec))
-        return np.array(columns)
+                columns.append(to_unit(vectors[:, index], spec))
+        return np.stack(columns, axis=1)
 
 
 def completed_trials(study: Study) -> list[FrozenTrial]:

@@ -21,6 +21,9 @@ LOG_LENGTH_BOUNDS = (math.log(0.01), math.log(1000.0))
 LOG_SIGNAL_BOUNDS = (math.log(0.05), math.log(20.0))
 LOG_NOISE_BOUNDS = (math.log(1e-4), math.log(2.0))
 JITTER = 1e-8
+# Starts of the hyperparameter fit (shift of the log length scales from the prior's median, log noise): from the
+# prior's mode alone, a few noisy children in many dimensions converge to "everything is noise".
+FIT_STARTS = ((0.0, math.log(0.1)), (-2.5, math.log(0.01)))
 
 
 def matern52(r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,10 +103,15 @@ class GaussianProcess:
             grad_noise += (log_noise - math.log(0.1)) / 4
             return float(nll), np.concatenate([grad_lengths, [grad_signal, grad_noise]])
 
-        start = np.concatenate([np.full(dims, prior_mean), [0.0, math.log(0.1)]])
         bounds = [LOG_LENGTH_BOUNDS] * dims + [LOG_SIGNAL_BOUNDS, LOG_NOISE_BOUNDS]
-        result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
-        theta = result.x if np.all(np.isfinite(result.x)) else start
+        best_nll, theta = math.inf, None
+        for shift, log_noise in FIT_STARTS:
+            start = np.concatenate([np.full(dims, prior_mean + shift), [0.0, log_noise]])
+            result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
+            if np.all(np.isfinite(result.x)) and result.fun < best_nll:
+                best_nll, theta = float(result.fun), result.x
+        if theta is None:
+            theta = np.concatenate([np.full(dims, prior_mean), [0.0, math.log(0.1)]])
         signal, noise = math.exp(theta[dims]) * y_scale**2, math.exp(theta[dims + 1]) * y_scale**2
         return cls.condition(x, y, np.exp(theta[:dims]), signal, noise)
 
