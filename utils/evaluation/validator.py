@@ -82,8 +82,7 @@ def run_validation(
     yolov5's bar, the table header as its description (the caller prints the rows); ``max_detections_per_image``
     keeps the top N per image and class when scoring (COCO uses 100)."""
     device = torch.device(device)
-    # Autocast instead of model.half(): training passes its EMA model, which must stay float32. ``half``: fp16 on
-    # CUDA, bf16 on a CPU (training asks for it only where the CPU runs bf16 natively: --cpu-fast).
+    # Autocast, not model.half(): the EMA must stay float32. half: fp16 on CUDA, bf16 on a CPU (--cpu-fast asks).
     use_autocast = half and device.type in ("cuda", "cpu")
     autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     save_dir = Path(save_dir) if save_dir is not None else None
