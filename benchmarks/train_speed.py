@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli.train_cli import default_workers  # noqa: E402
 from utils.data.dataset import build_dataloader  # noqa: E402
 from utils.data.prepared import prepare_data  # noqa: E402
 from utils.device import select_device  # noqa: E402
@@ -176,7 +177,7 @@ def main() -> None:
     parser.add_argument("--img", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (train.py's default: 0 on a CPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps for each measurement")
     parser.add_argument("--amp", action="store_true", help="autocast on CUDA")
     variants = f"compare CPU speed candidates side by side, e.g. fp32,bf16 (any of {', '.join(VARIANTS)})"
@@ -185,6 +186,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = select_device(args.device)
+    args.workers = default_workers(args.workers, device)
     hyp = load_hyp()
     data = prepare_data(args.data, args.img, "ram")
     options = TrainOptions(
@@ -214,7 +216,8 @@ def main() -> None:
     synchronize(device)
     elapsed = time.perf_counter() - start
     images = len(timed) * args.batch
-    print(f"device {device}, {args.cfg}, img {args.img}, batch {args.batch}, workers {args.workers}")
+    precision = f"amp {context.amp}, channels_last {options.cpu_fast and device.type == 'cpu'}"
+    print(f"device {device}, {args.cfg}, img {args.img}, batch {args.batch}, workers {args.workers}, {precision}")
     print(f"(a) model+loss+optimizer, data on device: {model_ips:.1f} img/s")
     print(f"(b) end to end incl. data loading:       {images / elapsed:.1f} img/s over {len(timed)} steps")
     print(f"    waiting for data: {timed.wait_seconds / elapsed:.0%} of the end-to-end time")

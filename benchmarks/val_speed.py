@@ -3,9 +3,9 @@
     python benchmarks/val_speed.py --weights runs/train/exp/weights/best.pt --rounds 3
     python benchmarks/val_speed.py   # an untrained nano: early epochs, whose NMS sees the most candidates
 
-Runs ``run_validation`` exactly as training's per-epoch validation does (``half`` is bf16 autocast on a CPU),
-interleaved round by round so that a busy machine slows every case alike; prints seconds per pass, mAP@0.5 and
-where the time goes per image.
+Runs ``run_validation`` as training's per-epoch validation does, without the loss (``half`` is bf16 autocast on a
+CPU; emulated, slowly, where the CPU lacks AVX-512 BF16 and AMX, which the header says), interleaved round by round
+so that a busy machine slows every case alike; prints seconds per pass, mAP@0.5 and where the time goes per image.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.data.prepared import prepare_data  # noqa: E402
+from utils.device import cpu_has_bf16  # noqa: E402
 from utils.evaluation.validator import run_validation  # noqa: E402
 from utils.training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from utils.training.hyp import load_hyp  # noqa: E402
@@ -58,7 +59,8 @@ def main() -> None:
             last[(layout, half)] = validation
     print(
         f"{args.weights or 'untrained yolov5n'}, {args.data}, img {args.img}, batch {args.batch}, "
-        f"{len(loader.dataset)} images, {args.rounds} interleaved rounds; torch threads {torch.get_num_threads()}"
+        f"{len(loader.dataset)} images, {args.rounds} interleaved rounds; torch threads {torch.get_num_threads()}; "
+        f"native bf16 {cpu_has_bf16()}"
     )
     for layout, half in cases:
         validation, times = last[(layout, half)], seconds[(layout, half)]

@@ -83,9 +83,43 @@ def test_native_bf16_means_avx512_bf16_or_amx(monkeypatch, avx512_bf16: bool, am
     assert device.cpu_has_bf16() == expected
 
 
-def test_children_with_and_without_cpu_fast_cannot_share_a_study() -> None:
-    plain, fast = (cli.evolution_setup(cli.parse_train_args(flags)) for flags in (["--no-cpu-fast"], []))
-    assert plain["cpu_fast"] is False and fast["cpu_fast"] is True
+@pytest.mark.parametrize(("device", "has_bf16", "expected"), [("cpu", True, True), ("cpu", False, False),
+                                                             ("cuda", True, False)])  # fmt: skip
+def test_the_study_records_whether_children_train_in_bf16(monkeypatch, device: str, has_bf16: bool,
+                                                          expected: bool) -> None:  # fmt: skip
+    """bf16 and float32 children cannot share a study; where the flag changes nothing (CUDA, a CPU without native
+    bf16) the study records False, so workers there join a --no-cpu-fast study."""
+    from utils.cli import evolve_cli
+
+    monkeypatch.setattr(evolve_cli, "cpu_has_bf16", lambda: has_bf16)
+    plain, fast = (cli.evolution_setup(cli.parse_train_args(flags), torch.device(device))
+                   for flags in (["--no-cpu-fast"], []))  # fmt: skip
+    assert plain["cpu_fast"] is False and fast["cpu_fast"] is expected
+
+
+@pytest.mark.parametrize(("recorded", "expected"), [({}, False), ({"cpu_fast": True}, True)])
+def test_a_run_recorded_before_cpu_fast_resumes_in_float32(tmp_path, recorded: dict, expected: bool) -> None:
+    args = cli.resumed_args(cli.parse_train_args([]), tmp_path / "last.pt", {"epochs": 3, **recorded})
+    assert args.cpu_fast is expected and args.epochs == 3
+
+
+def test_the_final_best_pt_table_is_float32_on_a_cpu(tmp_path, monkeypatch) -> None:
+    """--cpu-fast validates each epoch in bf16, but the best.pt table that ends a run is float32, as val.py's."""
+    from types import SimpleNamespace
+
+    from utils.training import best_validation
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "best.pt").touch()
+    calls = []
+    monkeypatch.setattr(best_validation, "load_checkpoint", lambda path: {})
+    monkeypatch.setattr(best_validation, "model_from_checkpoint", lambda checkpoint: torch.nn.Identity())
+    monkeypatch.setattr(best_validation, "run_validation", lambda *args, **kwargs: calls.append(kwargs) or
+                        SimpleNamespace(metrics={}, table=lambda **options: ""))  # fmt: skip
+    data = SimpleNamespace(val_loader=lambda batch, workers: [], names=["a"])
+    options = TrainOptions(cpu_fast=True, outputs=OutputOptions(show_progress=False, plots=False))
+    assert best_validation.validate_best(tmp_path, data, options) == {}
+    assert calls and calls[0]["half"] is False
 
 
 def test_a_run_that_fails_mid_epoch_closes_its_event_file(prepared, default_hyp, tmp_path, monkeypatch) -> None:
@@ -127,7 +161,7 @@ def test_per_epoch_validation_follows_the_training_precision(prepared, default_h
 @pytest.mark.parametrize(("flags", "device", "expected"), [
     ([], "cpu", 0), ([], "cuda", 2), (["--workers", "3"], "cpu", 3), (["--workers", "0"], "cuda", 0),
 ])  # fmt: skip
-def test_loader_workers_default_to_none_on_a_cpu(flags: list[str], device: str, expected: int) -> None:
+def test_loader_workers_default_to_0_on_a_cpu(flags: list[str], device: str, expected: int) -> None:
     """A CPU trains on every core, so loader processes would only compete with the step; CUDA keeps 2."""
     args = cli.parse_train_args(flags)
     assert cli.build_train_options(args, torch.device(device)).workers == expected

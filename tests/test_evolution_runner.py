@@ -184,6 +184,15 @@ def test_a_different_setup_cannot_join_the_study(tmp_path):
         run(instant, load_hyp(), load_meta(), 3, run_dir=tmp_path, freeze=("lr0",), setup={"data": "a.yaml"})
 
 
+def test_a_study_recorded_before_cpu_fast_keeps_its_float32_children(tmp_path):
+    """A setup made before 'cpu_fast' was recorded gets the value its children had (False), not the worker's: bf16
+    workers may not join it, --no-cpu-fast ones may."""
+    run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, setup={"data": "a.yaml"}, plots=False)
+    with pytest.raises(UserError, match="different cpu_fast; .* the study has cpu_fast=False"):
+        run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup={"data": "a.yaml", "cpu_fast": True})
+    run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup={"data": "a.yaml", "cpu_fast": False}, plots=False)
+
+
 def test_only_scalar_metrics_are_recorded(tmp_path):
     import numpy as np
 
@@ -205,4 +214,4 @@ def test_workers_with_another_optimizer_or_nominal_batch_cannot_join(tmp_path):
     sgd = evolution_setup(parse_train_args(["--evolve", "2", "--optimizer", "SGD", "--nbs", "64"]))
     with pytest.raises(UserError, match="different nbs, optimizer") as error:
         run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup=sgd, plots=False)
-    assert str(error.value).endswith("; the study has nbs=16, optimizer='AdamW'")  # what a rerun must match
+    assert "; the study has nbs=16, optimizer='AdamW': rerun with" in str(error.value)  # what a rerun must match

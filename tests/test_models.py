@@ -52,6 +52,21 @@ def test_decode_matches_formula(nano: torch.nn.Module) -> None:
     torch.testing.assert_close(decoded[0, flat_index, 2:4], expected_wh)
 
 
+def test_decode_under_bf16_autocast_is_float32(nano: torch.nn.Module) -> None:
+    """The head may run in bf16 under autocast (--cpu-fast), but the boxes are decoded in float32: decoding the same
+    raw maps in bf16 would round pixel coordinates by up to 2 px at 256-512 px."""
+    nano.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        decoded, raw = nano(torch.rand(1, 3, 512, 512))
+    assert raw[0].dtype == torch.bfloat16 and decoded.dtype == torch.float32
+    with torch.no_grad():
+        for level, out in enumerate(raw):
+            start = sum(r[0].numel() // r.shape[-1] for r in raw[:level])
+            exact = nano.detect._decode(level, out.float())
+            torch.testing.assert_close(decoded[:, start : start + exact.shape[1]], exact, atol=1e-3, rtol=0)
+    nano.train()
+
+
 def test_anchors_in_grid_units_sorted_by_stride(nano: torch.nn.Module) -> None:
     pixels = nano.detect.anchors * nano.stride.view(-1, 1, 1)
     torch.testing.assert_close(pixels[0], torch.tensor([[10.0, 13.0], [16.0, 30.0], [33.0, 23.0]]))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from utils.cli.common_cli import RUNS
+from utils.device import cpu_has_bf16, select_device
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
 from utils.evolution.pruning import DEFAULT_PRUNER, PRUNERS
@@ -94,13 +97,18 @@ def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
     )
 
 
-def evolution_setup(args: argparse.Namespace) -> dict[str, object]:
-    """What every child of one study must share: a worker started with other values may not join it."""
+def evolution_setup(args: argparse.Namespace, device: torch.device | None = None) -> dict[str, object]:
+    """What every child of one study must share: a worker started with other values may not join it.
+
+    ``cpu_fast`` is recorded as what takes effect, bf16 training (a CPU that runs it natively): on CUDA, or on a CPU
+    without native bf16, the flag changes no figure, so such workers share a study with --no-cpu-fast ones."""
+    device = device if device is not None else select_device(args.device)
+    bf16 = bool(args.cpu_fast) and device.type == "cpu" and cpu_has_bf16()
     keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
     start = {"weights": str(args.weights), "freeze": list(args.freeze)}  # children fine-tuned alike
     # The training modes change what a child trains on or is scored on (one class), so fitness values from
     # different modes are not comparable (nor are bf16 and float32 children: --cpu-fast); --save-period is not
     # here, children save no epoch files.
     modes = {"single_cls": args.single_cls, "rect": args.rect, "multi_scale": args.multi_scale,
-             "image_weights": args.image_weights, "cpu_fast": args.cpu_fast}  # fmt: skip
+             "image_weights": args.image_weights, "cpu_fast": bf16}  # fmt: skip
     return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs, **start, **modes}

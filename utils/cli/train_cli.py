@@ -198,9 +198,14 @@ def recorded_options(args: argparse.Namespace) -> dict:
     }
 
 
+# Options recorded only since their default changed, with the value that applied before: an older run resumes as it
+# began (a float32 run stays float32).
+RECORDED_SINCE = {"cpu_fast": False}
+
+
 def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict) -> argparse.Namespace:
     """The original run's options (recorded in its checkpoint), continuing from ``checkpoint_path``."""
-    restored = argparse.Namespace(**{**vars(args), **recorded})
+    restored = argparse.Namespace(**{**vars(args), **RECORDED_SINCE, **recorded})
     restored.resume = str(checkpoint_path)
     restored.device = args.device or restored.device
     restored.weights = ""  # the resumed state replaces every weight; the original file may be gone
@@ -225,4 +230,4 @@ def build_training_job(args: argparse.Namespace) -> TrainingJob:
 
     hyp = load_train_hyp(args)  # first: the hyp file may name the optimizer
     options = build_train_options(args, select_device(args.device), world_size=distributed_env()[2])
-    return TrainingJob(hyp, options, args.data, args.imgsz, args.cache, evolution_setup(args))
+    return TrainingJob(hyp, options, args.data, args.imgsz, args.cache, evolution_setup(args, options.device))

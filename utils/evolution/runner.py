@@ -84,6 +84,11 @@ def claim_child(study: optuna.Study, n: int, worker: Worker) -> optuna.Trial | N
     return trial
 
 
+# Setup keys recorded only since a later version, with the value every child had before: a study made earlier keeps
+# it (its children trained in float32, so bf16 workers may not join it).
+SETUP_BEFORE_RECORDED = {"cpu_fast": False}
+
+
 def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, object] | None) -> None:
     """Record what the study searches on first use; a worker or rerun with another setup must use another name.
 
@@ -98,7 +103,8 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
     current = {"hyp_keys": list(space.base_hyp), "search_space": genes, **pinned}
     recorded = study.user_attrs.get(SETUP_ATTR)
     if recorded is None or not set(current) <= set(recorded):  # new, or made before some keys were recorded
-        study.set_user_attr(SETUP_ATTR, {**current, **(recorded or {})})
+        earlier = {key: value for key, value in SETUP_BEFORE_RECORDED.items() if key in current and recorded}
+        study.set_user_attr(SETUP_ATTR, {**current, **earlier, **(recorded or {})})
         recorded = study.user_attrs[SETUP_ATTR]
     differing = sorted(key for key in set(current) | set(recorded) if current.get(key) != recorded.get(key))
     if differing:
@@ -107,7 +113,7 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
         raise UserError(
             f"study '{study.study_name}' was started with a different {', '.join(differing)}; "
             "use another --name to start a new evolution (--evolve-from can seed it from the old evolve.csv)"
-            + (f"; the study has {', '.join(shown)}" if shown else "")
+            + (f"; the study has {', '.join(shown)}: rerun with flags that give these to continue it" if shown else "")
         )
 
 

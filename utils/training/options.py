@@ -45,7 +45,7 @@ class TrainOptions:
     weights: str = ""  # a .pt to transfer matching tensors from
     freeze: tuple[int, ...] = ()  # top-level layers whose parameters never train (--freeze, resolved)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    workers: int = 2
+    workers: int = 0  # loader processes; train.py: 0 on a CPU (every core trains), 2 on CUDA
     optimizer: str = "SGD"
     scheduler: dict = field(default_factory=lambda: {"name": "linear"})  # build_scheduler keyword arguments
     close_mosaic: int = 0
