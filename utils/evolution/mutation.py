@@ -76,6 +76,15 @@ def switch_choices(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random
     return child
 
 
+def gene_arrays(specs: Sequence[GeneSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per gene: whether it is a choice, its mutation gain (0 for choices), its low and high bounds."""
+    choice = np.array([spec.type == "choice" for spec in specs])
+    gains = np.array([0.0 if spec.type == "choice" else spec.gain for spec in specs], dtype=float)
+    low = np.array([spec.low for spec in specs], dtype=float)
+    high = np.array([spec.high for spec in specs], dtype=float)
+    return choice, gains, low, high
+
+
 def mutate(
     parent: np.ndarray,
     specs: Sequence[GeneSpec],
@@ -93,10 +102,7 @@ def mutate(
     Values are rounded to 5 significant digits (whole numbers for ``type: int``) and clipped again. Choice genes
     (an index) switch to another choice with probability 0.1 * gain (see ``switch_choices``).
     """
-    choice = np.array([spec.type == "choice" for spec in specs])
-    gains = np.array([0.0 if spec.type == "choice" else spec.gain for spec in specs], dtype=float)
-    low = np.array([spec.low for spec in specs], dtype=float)
-    high = np.array([spec.high for spec in specs], dtype=float)
+    choice, gains, low, high = gene_arrays(specs)
     factors = mutation_factors(gains, rng, sigma)
     floor = np.where(low <= 0, floor_fraction * (high - low), 0.0)
     scale = np.maximum(np.abs(parent), floor)
@@ -116,10 +122,7 @@ def mutate_rows(
 ) -> np.ndarray:
     """``mutate`` for many parents (rows) at once: the same rule, drawn in arrays (so not the same draws)."""
     count = len(parents)
-    choice = np.array([spec.type == "choice" for spec in specs])
-    gains = np.array([0.0 if spec.type == "choice" else spec.gain for spec in specs], dtype=float)
-    low = np.array([spec.low for spec in specs], dtype=float)
-    high = np.array([spec.high for spec in specs], dtype=float)
+    choice, gains, low, high = gene_arrays(specs)
     factors = np.ones((count, len(specs)))
     redraw = np.arange(count) if np.any(gains > 0) else np.arange(0)
     while len(redraw):
