@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from utils import cli
+from utils import device as device_module
 from utils.data.prepared import prepare_data
 from utils.training import trainer
 from utils.training.options import OutputOptions, TrainOptions
@@ -36,7 +37,7 @@ def one_batch_epoch(prepared, hyp: dict, cpu_fast: bool) -> tuple[dict[str, floa
 
 
 def test_bf16_autocast_and_float32_losses_are_finite_and_close(prepared, default_hyp, monkeypatch) -> None:
-    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)  # autocast runs (emulated) on any CPU
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)  # autocast runs (emulated) on any CPU
     hyp = {key: float(value) for key, value in default_hyp.items()}
     plain, _, plain_context = one_batch_epoch(prepared, hyp, cpu_fast=False)
     fast, model, context = one_batch_epoch(prepared, hyp, cpu_fast=True)
@@ -54,7 +55,7 @@ def test_bf16_autocast_and_float32_losses_are_finite_and_close(prepared, default
 ])  # fmt: skip
 def test_cpu_fast_follows_the_flag_and_the_cpu(prepared, default_hyp, monkeypatch, cpu_fast, has_bf16, amp,
                                                channels_last) -> None:  # fmt: skip
-    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: has_bf16)
     hyp = {key: float(value) for key, value in default_hyp.items()}
     options = TrainOptions(epochs=1, batch_size=4, workers=0, autoanchor=False, cpu_fast=cpu_fast,
                            outputs=OutputOptions(show_progress=False, plots=False))  # fmt: skip
@@ -89,9 +90,7 @@ def test_the_study_records_whether_children_train_in_bf16(monkeypatch, device: s
                                                           expected: bool) -> None:  # fmt: skip
     """bf16 and float32 children cannot share a study; where the flag changes nothing (CUDA, a CPU without native
     bf16) the study records False, so workers there join a --no-cpu-fast study."""
-    from utils.cli import evolve_cli
-
-    monkeypatch.setattr(evolve_cli, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: has_bf16)
     plain, fast = (cli.evolution_setup(cli.parse_train_args(flags), torch.device(device))
                    for flags in (["--no-cpu-fast"], []))  # fmt: skip
     assert plain["cpu_fast"] is False and fast["cpu_fast"] is expected
@@ -142,7 +141,7 @@ def test_a_run_that_fails_mid_epoch_closes_its_event_file(prepared, default_hyp,
 def test_per_epoch_validation_follows_the_training_precision(prepared, default_hyp, monkeypatch, cpu_fast) -> None:
     """With bf16 training the per-epoch validation of the EMA runs under bf16 autocast too (cheaper); its metrics
     stay finite and the EMA stays float32. Without it, validation is float32."""
-    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     hyp = {key: float(value) for key, value in default_hyp.items()}
     _, _, context = one_batch_epoch(prepared, hyp, cpu_fast=cpu_fast)
     seen = []

@@ -39,6 +39,11 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def trains_in_bf16(cpu_fast: bool, device: torch.device) -> bool:
+    """Whether --cpu-fast trains in bf16 here: on a CPU that runs bf16 natively (CUDA uses fp16 AMP instead)."""
+    return bool(cpu_fast) and device.type == "cpu" and cpu_has_bf16()
+
+
 def distributed_env() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) as set by torchrun; (-1, -1, 1) outside it."""
     rank = int(os.environ.get("RANK", -1))

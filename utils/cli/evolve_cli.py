@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from utils.cli.common_cli import RUNS
-from utils.device import cpu_has_bf16, select_device
+from utils.device import select_device, trains_in_bf16
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
 from utils.evolution.pruning import DEFAULT_PRUNER, PRUNERS
@@ -103,7 +103,7 @@ def evolution_setup(args: argparse.Namespace, device: torch.device | None = None
     ``cpu_fast`` is recorded as what takes effect, bf16 training (a CPU that runs it natively): on CUDA, or on a CPU
     without native bf16, the flag changes no figure, so such workers share a study with --no-cpu-fast ones."""
     device = device if device is not None else select_device(args.device)
-    bf16 = bool(args.cpu_fast) and device.type == "cpu" and cpu_has_bf16()
+    bf16 = trains_in_bf16(args.cpu_fast, device)
     keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
     start = {"weights": str(args.weights), "freeze": list(args.freeze)}  # children fine-tuned alike
     # The training modes change what a child trains on or is scored on (one class), so fitness values from

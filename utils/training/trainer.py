@@ -16,7 +16,7 @@ from utils.data.dataset import YoloDataset, build_dataloader
 from utils.data.gpu_augment import GpuAugmentLoader, GpuBatchAugmenter
 from utils.data.image_weights import image_weights
 from utils.data.prepared import PreparedData
-from utils.device import cpu_has_bf16
+from utils.device import trains_in_bf16
 from utils.errors import UserError
 from utils.evaluation.fitness import fitness
 from utils.evaluation.validator import Validation, run_validation
@@ -98,7 +98,7 @@ def build_step_context(
     use_amp = options.amp and options.device.type == "cuda"
     # bf16 needs no loss scaling (its exponent is float32's); the weights, EMA, BatchNorm statistics and the loss
     # stay float32, and only the autocast ops (convolutions, matmuls) run in bf16.
-    cpu_bf16 = options.cpu_fast and options.device.type == "cpu" and cpu_has_bf16()
+    cpu_bf16 = trains_in_bf16(options.cpu_fast, options.device)
     stride = int(unwrap_model(model).stride.max())
     return StepContext(
         optimizer=optimizer,
