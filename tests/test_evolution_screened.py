@@ -123,6 +123,33 @@ def test_a_fresh_sampler_proposes_the_same_child(space):
     assert fresh == frozen.params
 
 
+def test_the_model_is_never_fitted_on_the_best_children_alone(space, monkeypatch):
+    """Above FIT_MAX children the fit takes children spread by number, never the best by their noisy fitness: the
+    best 120 of 150 noisy children were mostly the lucky ones, the fit saw little but noise, the model went flat
+    and the children the search proposed got worse (issue #14's plateau)."""
+    from types import SimpleNamespace
+
+    import utils.evolution.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "FIT_MAX", 20)
+    fitted = []
+    real_fit = GaussianProcess.fit
+
+    def spy(x, y):
+        fitted.append(np.asarray(y).copy())
+        return real_fit(x, y)
+
+    monkeypatch.setattr(GaussianProcess, "fit", spy)
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3))
+    y = x[:, 0] + rng.normal(0, 0.05, 40)
+    completed = [SimpleNamespace(number=number) for number in range(40)]
+    sampler = ScreenedGeneticSampler(space, seed=0)
+    sampler.model(completed, x, y)
+    assert len(fitted) == 1 and len(fitted[0]) == 20
+    assert fitted[0].min() < np.sort(y)[len(y) - 20]  # worse children than the best 20 are in the fit
+
+
 def test_screening_beats_plain_mutation_on_a_smooth_objective(space):
     """Same budget, same seeds: the model-screened children reach a better best child than classic moves."""
 

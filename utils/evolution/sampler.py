@@ -40,7 +40,7 @@ from utils.evolution.surrogate import GaussianProcess, ParzenScreen, expected_im
 SAMPLERS = ("ga", "classic", "tpe", "cmaes", "random")
 STARTUP_CHILDREN = 10  # completed children before the model screens proposals (classic moves until then)
 PARZEN_PROPOSALS = 250  # and TPE-style draws from the density of the best children
-FIT_MAX = 120  # the model's hyperparameters are fitted on at most this many (the best) children
+FIT_MAX = 300  # the model's hyperparameters are fitted on at most this many children (spread by child number)
 REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
 IMPORTED_ATTR = "imported"
@@ -146,9 +146,9 @@ class ScreenedGeneticSampler(GeneticSampler):
     are training at their predicted fitness, so concurrent workers do not propose the same point.
 
     Everything is a function of (seed, child number, those children): replays and resumes draw the same child.
-    The model's hyperparameters are refitted from the same two starts (``surrogate.FIT_STARTS``), on at most the
-    ``FIT_MAX`` best children, each time the completed children pass a point of a x1.2 schedule: well under a second
-    per child at 300 children.
+    The model's hyperparameters are refitted from the same two starts (``surrogate.FIT_STARTS``), on at most
+    ``FIT_MAX`` children spread evenly by child number (never chosen by their noisy fitness), each time the
+    completed children pass a point of a x1.2 schedule: about 2 s per refit at 300 children.
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
@@ -221,7 +221,9 @@ class ScreenedGeneticSampler(GeneticSampler):
         order = np.argsort([child.number for child in completed], kind="stable")[:size]
         key = tuple(sorted(completed[index].number for index in order))
         if key not in self._fits:
-            order = order[np.argsort(-y[order], kind="stable")[:FIT_MAX]]  # the best, where precision matters
+            # Never a subset chosen by fitness: the best children by a noisy score are the lucky ones, and a fit on
+            # them alone sees mostly noise (the model went flat and the search worse after child 120).
+            order = order[np.unique(np.linspace(0, len(order) - 1, FIT_MAX).round().astype(int))]
             self._fits = {key: GaussianProcess.fit(x[order], y[order])}
         fitted = self._fits[key]
         return GaussianProcess.condition(x, y, fitted.lengths, fitted.signal, fitted.noise)
