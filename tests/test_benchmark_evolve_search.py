@@ -1,0 +1,35 @@
+"""The sampler benchmark's picks: the noisily-best child, and the confirmed winner the evolution hands over."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "evolve_search.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("evolve_search", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_confirmed_winner_is_the_best_fresh_mean_among_the_top_by_one_run(bench):
+    true = [0.30, 0.50, 0.40, 0.45, 0.20]
+    noisy = [0.30, 0.50, 0.90, 0.45, 0.95]  # child 2 was lucky; child 4 luckier still
+    curve = bench.confirmed_curve(true, noisy, "separable", seed=0)
+    assert curve[:2] == [0.30, 0.50]
+    assert curve[2] == 0.50  # the top 3 by one run are 2, 1, 0: their fresh runs show child 1 is the best
+    assert curve[3] == 0.50  # top 3: 2, 1, 3
+    assert curve[4] == 0.50  # top 3: 4, 2, 1; child 4's one run was luck
+
+
+def test_a_search_records_both_picks_after_every_child(bench):
+    sampler, shape, seed, curve, seconds, confirmed = bench.run_job(("classic", "noisy", 0, 12))
+    assert (sampler, shape, seed) == ("classic", "noisy", 0)
+    assert len(curve) == len(confirmed) == 12 and seconds >= 0
+    assert curve[0] == confirmed[0] == pytest.approx(bench.true_fitness("noisy", bench.space().base_hyp))
