@@ -192,9 +192,12 @@ def cell(values: np.ndarray) -> str:
 def print_tables(
     results: dict[tuple[str, str], list[list[float]]], shapes: list[str], samplers: list[str], budgets: list[int]
 ) -> None:
+    """Per shape, a row per sampler: the cells at each budget, then how each run's pick changed between the last two
+    budgets (median change over runs, and in how many runs it rose: is the search still improving?)."""
+    last = f"{budgets[-2]}->{budgets[-1]}" if len(budgets) > 1 else ""
     for shape in shapes:
         print(f"\n{shape}")
-        print(f"{'sampler':<14}" + "".join(f"{f'k={k}':>22}" for k in budgets))
+        print(f"{'sampler':<14}" + "".join(f"{f'k={k}':>22}" for k in budgets) + f"{last:>18}")
         for sampler in samplers:
             curves = results.get((sampler, shape))
             if not curves:
@@ -202,7 +205,12 @@ def print_tables(
             cells = [
                 cell(np.array([curve[k - 1] for curve in curves])) if len(curves[0]) >= k else "-" for k in budgets
             ]
-            print(f"{sampler:<14}" + "".join(f"{text:>22}" for text in cells))
+            if last and len(curves[0]) >= budgets[-1]:
+                change = np.array([curve[budgets[-1] - 1] - curve[budgets[-2] - 1] for curve in curves])
+                cells.append(f"{np.median(change):+.3f} up {int((change > 0).sum())}/{len(change)}")
+            print(f"{sampler:<14}" + "".join(f"{text:>22}" for text in cells[: len(budgets)]) + "".join(
+                f"{text:>18}" for text in cells[len(budgets) :]
+            ))  # fmt: skip
 
 
 def main() -> None:

@@ -33,3 +33,10 @@ def test_a_search_records_both_picks_after_every_child(bench):
     assert (sampler, shape, seed) == ("classic", "noisy", 0)
     assert len(curve) == len(confirmed) == 12 and seconds >= 0
     assert curve[0] == confirmed[0] == pytest.approx(bench.true_fitness("noisy", bench.space().base_hyp))
+
+
+def test_the_tables_say_how_many_runs_still_improved_between_the_last_two_budgets(bench, capsys):
+    rising, flat = [0.4] * 200 + [0.5] * 100, [0.45] * 300
+    bench.print_tables({("ga", "noisy"): [rising, flat, flat]}, ["noisy"], ["ga"], [100, 200, 300])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("ga") and row.endswith("+0.000 up 1/3")  # only one run rose between child 200 and 300
