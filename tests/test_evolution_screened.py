@@ -11,14 +11,17 @@ from utils.evolution.mutation import (
     CHOICE_SWITCH_PROBABILITY,
     child_rng,
     from_unit,
+    gene_spread,
     mutate,
     mutate_rows,
+    probe_move,
     select_parent,
     subspace_move,
     to_unit,
     uniform_draw,
 )
 from utils.evolution.sampler import (
+    PROBE_EVERY,
     STARTUP_CHILDREN,
     GeneticSampler,
     ScreenedGeneticSampler,
@@ -26,7 +29,7 @@ from utils.evolution.sampler import (
     quiet_optuna,
 )
 from utils.evolution.search_space import GeneSpec, SearchSpace, load_meta, validate_search_space
-from utils.evolution.surrogate import GaussianProcess, ParzenScreen, expected_improvement
+from utils.evolution.surrogate import GaussianProcess, ParzenScreen, upper_confidence_bound
 from utils.training.hyp import load_hyp
 
 
@@ -86,9 +89,9 @@ def test_fantasies_lower_the_uncertainty_where_others_train():
     assert after[0] < 0.5 * before[0]
 
 
-def test_expected_improvement_prefers_higher_mean_and_more_uncertainty():
-    ei = expected_improvement(np.array([0.0, 0.1, 0.0]), np.array([0.1, 0.1, 0.3]), best=0.05)
-    assert ei[1] > ei[0] and ei[2] > ei[0] and np.all(ei > 0)
+def test_the_upper_confidence_bound_prefers_higher_mean_and_more_uncertainty():
+    ucb = upper_confidence_bound(np.array([0.0, 0.1, 0.0]), np.array([0.1, 0.1, 0.3]), beta=2.0)
+    assert ucb.tolist() == pytest.approx([0.2, 0.3, 0.6])
 
 
 def test_the_default_is_the_screened_sampler_and_classic_is_yolov5s_rule(space):
@@ -103,7 +106,8 @@ def test_screened_children_are_reproducible_recorded_and_in_bounds(space):
     again = evolve(build_sampler("ga", space, seed=3), space, STARTUP_CHILDREN + 5)
     hyps = [trial.user_attrs["hyp"] for trial in study.trials]
     assert hyps == [trial.user_attrs["hyp"] for trial in again.trials]
-    screened = [first.lineage[number] for number in range(STARTUP_CHILDREN + 1, STARTUP_CHILDREN + 5)]
+    numbers = [number for number in range(STARTUP_CHILDREN + 1, STARTUP_CHILDREN + 5) if number % PROBE_EVERY]
+    screened = [first.lineage[number] for number in numbers]
     assert all(entry["screened"]["pool"] > 100 for entry in screened)
     assert any(entry["parents"] for entry in screened)  # a uniform proposal has no parents
     assert "screened" not in first.lineage[STARTUP_CHILDREN - 1]  # classic moves before the model has data
@@ -271,3 +275,41 @@ def test_subspace_moves_switch_choice_genes():
     specs = list(CHOICE_SPACE.genes.values())
     children = [subspace_move(np.array([0.01, 1.0]), specs, child_rng(2, i), np.array([0.0, 1.0])) for i in range(60)]
     assert {child[1] for child in children} == {0.0, 2.0}
+
+
+def test_every_fourth_child_is_a_probe_of_the_best_child(space):
+    """Once the model screens, each child whose number is a multiple of PROBE_EVERY moves one gene of the child the
+    model rates best to a uniform value, and records which."""
+    sampler = build_sampler("ga", space, seed=2)
+    study = evolve(sampler, space, STARTUP_CHILDREN + 10)
+    hyps = {trial.number: trial.user_attrs["hyp"] for trial in study.trials}
+    probes = [number for number in hyps if number >= STARTUP_CHILDREN and number % PROBE_EVERY == 0]
+    assert probes == [12, 16]
+    for number in range(STARTUP_CHILDREN, STARTUP_CHILDREN + 10):
+        entry = sampler.lineage[number]
+        assert ("probe" in entry) == (number in probes)
+        if number in probes:
+            parent = hyps[entry["parents"][0]]
+            moved = [key for key in space.genes if hyps[number][key] != parent[key]]
+            assert moved in ([entry["probe"]], [])  # [] only if the uniform draw landed on the parent's value
+
+
+def test_a_probe_moves_the_genes_the_best_children_never_vary_most_often(space):
+    specs = list(space.genes.values())
+    rng = np.random.default_rng(0)
+    elite = np.array([[from_unit(rng.random(), spec) for spec in specs] for _ in range(20)])
+    stuck = list(space.genes).index("mixup")
+    elite[:, stuck] = 0.0
+    spread = gene_spread(elite, specs)
+    assert spread[stuck] == 0.0 and np.all(np.delete(spread, stuck) > 0.1)
+    chosen = [probe_move(elite[0], specs, np.random.default_rng(seed), spread)[1] for seed in range(400)]
+    assert chosen.count(stuck) / len(chosen) > 3 / len(specs)  # uniform over genes would be 1 / len(specs)
+
+
+def test_a_probe_of_a_choice_gene_switches_it():
+    spec = GeneSpec(gain=1.0, low=0.0, high=2.0, type="choice", choices=("SGD", "Adam", "AdamW"))
+    rows = np.array([[1.0], [1.0], [2.0], [1.0]])
+    assert gene_spread(rows, [spec]).tolist() == [0.25]
+    for seed in range(20):
+        child, index = probe_move(rows[0], [spec], np.random.default_rng(seed), np.zeros(1))
+        assert index == 0 and child[0] in (0.0, 2.0)

@@ -2,8 +2,9 @@
 
 A child is a vector with one number per evolved gene in hyp order; a choice gene is carried as its index. yolov5's
 mutation (``mutate``, and ``mutate_rows`` for many parents at once), crossover, parent selection, the moves of a few
-genes (``subspace_move``), uniform draws and the default sampler's pool of such moves (``genetic_pool``), plus the
-per-child random generator that makes every child a function of (evolution seed, child index).
+genes (``subspace_move``), uniform draws, the default sampler's pool of such moves (``genetic_pool``) and its probes
+(``probe_move``: one gene of the best child to a uniform value), plus the per-child random generator that makes
+every child a function of (evolution seed, child index).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CHOICE_SWITCH_PROBABILITY = 0.1  # per child, times the gene's gain
 SUBSPACE_MAX_GENES = 3
 SUBSPACE_STEP = 0.1
 POOL_SIZE = 500  # proposals screened per child
+PROBE_SPREAD_FLOOR = 0.05  # a probe draws gene i with weight 1 / (its spread among the best children + this)
 # (kind, share of the pool): yolov5's mutation, a 4x smaller and a 3x larger step, crossover then mutation, a
 # change of the few genes the model finds relevant, uniform draws.
 POOL_SHARES = (
@@ -302,3 +304,35 @@ def genetic_pool(
         sigma = {"small": MUTATION_SIGMA / 4, "large": MUTATION_SIGMA * 3}.get(kind, MUTATION_SIGMA)
         pool.extend(mutate_rows(rows, specs, rng, floor_fraction, sigma))
     return pool, origins
+
+
+def gene_spread(rows: np.ndarray, specs: Sequence[GeneSpec]) -> np.ndarray:
+    """How much each gene varies among ``rows``: its standard deviation on [0, 1] of its search scale; for a choice
+    gene, the share of rows that differ from the commonest choice."""
+    spreads = []
+    for index, spec in enumerate(specs):
+        column = rows[:, index]
+        if spec.type == "choice":
+            _, counts = np.unique(np.round(column), return_counts=True)
+            spreads.append(1.0 - counts.max() / len(column))
+        else:
+            spreads.append(float(np.std(to_unit(column, spec))))
+    return np.array(spreads)
+
+
+def probe_move(
+    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, spread: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """``parent`` with one gene moved to a uniform value on its search scale (a choice gene to another choice); the
+    gene is drawn with weight 1 / (``spread`` + 0.05), so the genes the best children never vary are probed most.
+    Returns the child and the gene's position."""
+    weights = 1.0 / (np.asarray(spread, dtype=float) + PROBE_SPREAD_FLOOR)
+    index = int(rng.choice(len(specs), p=weights / weights.sum()))
+    child = parent.copy()
+    spec = specs[index]
+    if spec.type == "choice":
+        others = [choice for choice in range(len(spec.choices)) if choice != int(round(parent[index]))]
+        child[index] = float(others[int(rng.integers(len(others)))])
+    else:
+        child[index] = from_unit(rng.random(), spec)
+    return child, index

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import minimize
-from scipy.stats import norm
 
 SQRT5 = math.sqrt(5.0)
 LOG_LENGTH_BOUNDS = (math.log(0.01), math.log(1000.0))
@@ -146,10 +145,9 @@ class GaussianProcess:
         return mean * self.y_scale + self.y_mean, np.sqrt(variance) * self.y_scale
 
 
-def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
-    """Expected improvement over ``best`` of a normal posterior (mean, sd)."""
-    z = (mean - best) / sd
-    return sd * (z * norm.cdf(z) + norm.pdf(z))
+def upper_confidence_bound(mean: np.ndarray, sd: np.ndarray, beta: float) -> np.ndarray:
+    """The optimistic fitness ``mean + beta * sd`` of a normal posterior (GP-UCB, Srinivas et al. 2010)."""
+    return mean + beta * sd
 
 
 @dataclass
