@@ -217,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--children", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (e.g. a holdout set)")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--samplers", default=",".join((*OURS, *REFERENCES)))
     parser.add_argument("--gp-children", type=int, default=200, help="optuna-gp is slow: its longest run")
@@ -235,7 +236,7 @@ def main() -> None:
     for sampler in samplers:
         gp = sampler == "optuna-gp"
         for shape in shapes:
-            for seed in range(args.gp_seeds if gp else args.seeds):
+            for seed in range(args.first_seed, args.first_seed + (args.gp_seeds if gp else args.seeds)):
                 jobs.append((sampler, shape, seed, min(args.children, args.gp_children) if gp else args.children))
     results: dict[tuple[str, str], list[list[float]]] = {}
     confirmed: dict[tuple[str, str], list[list[float]]] = {}
