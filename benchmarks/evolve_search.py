@@ -5,8 +5,8 @@ measurement noise, as real children do. For each sampler, shape and seed we reco
 (noise-free) fitness of the child the noisy scores rank best, which is what a yolov5 user would pick. The optimum is
 0.6 and the base hyp scores about 0.3 to 0.35, so that figures read like mAP. A second set of tables gives the child
 our evolution hands over by default, its confirmed winner (``--confirm 3 --confirm-seeds 2``): the 3 children with
-the best noisy scores, each scored again with 2 fresh noise draws, the best mean of those fresh scores; 6 runs more
-than k children.
+the best noisy scores and the base, each scored again with 2 fresh noise draws, the best mean of those fresh scores
+(the base: of all its runs); 8 runs more than k children.
 
 Shapes (coordinates u in [0, 1] per key, log10 for log-scale keys; distance is L1 weighted per key):
   separable    each key that matters costs weight * |u - optimum|
@@ -133,16 +133,20 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def confirmed_curve(true: list[float], noisy: list[float], shape: str, seed: int) -> list[float]:
-    """After each k, the true fitness of the confirmed winner: of the ``CONFIRM`` children with the best noisy
-    scores, the one whose ``CONFIRM_SEEDS`` fresh scores (drawn once per child) have the best mean."""
-    fresh = [
-        value + np.random.default_rng([seed, 98, number]).normal(0.0, NOISE_SD[shape], CONFIRM_SEEDS).mean()
+    """After each k, the true fitness of the confirmed winner, by ``utils.evolution.trust``'s rule: the candidates are
+    the ``CONFIRM`` children with the best noisy scores plus the base (child 0); each is scored by the mean of its
+    ``CONFIRM_SEEDS`` fresh scores (drawn once per child), the base by the mean of all its runs (it was never
+    selected)."""
+    draws = [
+        value + np.random.default_rng([seed, 98, number]).normal(0.0, NOISE_SD[shape], CONFIRM_SEEDS)
         for number, value in enumerate(true)
     ]
+    score = [float(np.mean(runs)) for runs in draws]
+    score[0] = float(np.mean([noisy[0], *draws[0]]))
     curve = []
     for k in range(1, len(true) + 1):
-        candidates = np.argsort(-np.asarray(noisy[:k]), kind="stable")[:CONFIRM]
-        curve.append(true[int(max(candidates, key=lambda number: fresh[number]))])
+        candidates = {*np.argsort(-np.asarray(noisy[:k]), kind="stable")[:CONFIRM].tolist(), 0}
+        curve.append(true[max(sorted(candidates), key=lambda number: score[number])])
     return curve
 
 
@@ -262,7 +266,8 @@ def main() -> None:
     if confirmed:
         print(
             f"\nconfirmed winner (what the evolution hands over by default: the best mean of {CONFIRM_SEEDS} fresh "
-            f"runs among the top {CONFIRM} by one run; {CONFIRM * CONFIRM_SEEDS} runs more than k children)"
+            f"runs among the top {CONFIRM} by one run and the base; {(CONFIRM + 1) * CONFIRM_SEEDS} runs more than k "
+            "children)"
         )
         print_tables(confirmed, shapes, samplers, budgets)
     print("\nsampler seconds per child (median over runs): " + ", ".join(

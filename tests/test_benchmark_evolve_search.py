@@ -28,6 +28,12 @@ def test_the_confirmed_winner_is_the_best_fresh_mean_among_the_top_by_one_run(be
     assert curve[4] == 0.50  # top 3: 4, 2, 1; child 4's one run was luck
 
 
+def test_the_base_is_always_a_candidate_and_can_win(bench):
+    true = [0.50, 0.30, 0.20, 0.25, 0.10]
+    noisy = [0.40, 0.90, 0.95, 0.80, 0.70]  # the base's one run is below the top 3, but it is better than all of them
+    assert bench.confirmed_curve(true, noisy, "separable", seed=0)[-1] == 0.50
+
+
 def test_a_search_records_both_picks_after_every_child(bench):
     sampler, shape, seed, curve, seconds, confirmed = bench.run_job(("classic", "noisy", 0, 12))
     assert (sampler, shape, seed) == ("classic", "noisy", 0)

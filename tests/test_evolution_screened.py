@@ -15,6 +15,7 @@ from utils.evolution.mutation import (
     mutate,
     mutate_rows,
     probe_move,
+    probe_weights,
     select_parent,
     subspace_move,
     to_unit,
@@ -120,11 +121,13 @@ def test_a_fresh_sampler_proposes_the_same_child(space):
     trust region are derived from the study, not from what one sampler instance remembers."""
     sampler = build_sampler("ga", space, seed=5)
     study = evolve(sampler, space, STARTUP_CHILDREN + 30)
-    trial = study.ask()
-    suggest_hyp(trial, space)
-    frozen = study.trials[-1]
-    fresh = build_sampler("ga", space, seed=5).sample_relative(study, frozen, space.distributions())
-    assert fresh == frozen.params
+    for _ in range(2):  # child 40 is a probe (40 = 5 x PROBE_EVERY), child 41 is screened
+        trial = study.ask()
+        suggest_hyp(trial, space)
+        frozen = study.trials[-1]
+        fresh = build_sampler("ga", space, seed=5).sample_relative(study, frozen, space.distributions())
+        assert fresh == frozen.params
+    assert "probe" in sampler.lineage[40] and "screened" in sampler.lineage[41]
 
 
 def test_the_model_is_never_fitted_on_the_best_children_alone(space, monkeypatch):
@@ -277,21 +280,21 @@ def test_subspace_moves_switch_choice_genes():
     assert {child[1] for child in children} == {0.0, 2.0}
 
 
-def test_every_fourth_child_is_a_probe_of_the_best_child(space):
+def test_every_eighth_child_is_a_probe_of_the_best_child(space):
     """Once the model screens, each child whose number is a multiple of PROBE_EVERY moves one gene of the child the
     model rates best to a uniform value, and records which."""
     sampler = build_sampler("ga", space, seed=2)
-    study = evolve(sampler, space, STARTUP_CHILDREN + 10)
+    study = evolve(sampler, space, STARTUP_CHILDREN + 15)
     hyps = {trial.number: trial.user_attrs["hyp"] for trial in study.trials}
     probes = [number for number in hyps if number >= STARTUP_CHILDREN and number % PROBE_EVERY == 0]
-    assert probes == [12, 16]
-    for number in range(STARTUP_CHILDREN, STARTUP_CHILDREN + 10):
+    assert PROBE_EVERY == 8 and probes == [16, 24]
+    for number in range(STARTUP_CHILDREN, STARTUP_CHILDREN + 15):
         entry = sampler.lineage[number]
         assert ("probe" in entry) == (number in probes)
         if number in probes:
             parent = hyps[entry["parents"][0]]
             moved = [key for key in space.genes if hyps[number][key] != parent[key]]
-            assert moved in ([entry["probe"]], [])  # [] only if the uniform draw landed on the parent's value
+            assert moved == [entry["probe"]]  # a probe equal to its parent is a duplicate: screened instead
 
 
 def test_a_probe_moves_the_genes_the_best_children_never_vary_most_often(space):
@@ -302,7 +305,8 @@ def test_a_probe_moves_the_genes_the_best_children_never_vary_most_often(space):
     elite[:, stuck] = 0.0
     spread = gene_spread(elite, specs)
     assert spread[stuck] == 0.0 and np.all(np.delete(spread, stuck) > 0.1)
-    chosen = [probe_move(elite[0], specs, np.random.default_rng(seed), spread)[1] for seed in range(400)]
+    weights = probe_weights(spread, specs)
+    chosen = [probe_move(elite[0], specs, np.random.default_rng(seed), weights)[1] for seed in range(400)]
     assert chosen.count(stuck) / len(chosen) > 3 / len(specs)  # uniform over genes would be 1 / len(specs)
 
 
@@ -311,5 +315,26 @@ def test_a_probe_of_a_choice_gene_switches_it():
     rows = np.array([[1.0], [1.0], [2.0], [1.0]])
     assert gene_spread(rows, [spec]).tolist() == [0.25]
     for seed in range(20):
-        child, index = probe_move(rows[0], [spec], np.random.default_rng(seed), np.zeros(1))
+        child, index = probe_move(rows[0], [spec], np.random.default_rng(seed), np.ones(1))
         assert index == 0 and child[0] in (0.0, 2.0)
+
+
+def test_a_gene_that_cannot_move_is_never_probed():
+    fixed, free = GeneSpec(1.0, 0.5, 0.5), GeneSpec(1.0, 0.0, 1.0)
+    weights = probe_weights(np.zeros(2), [fixed, free])  # both never vary, but only one can
+    assert weights[0] == 0.0 and weights[1] > 0
+
+
+def test_a_probe_the_study_already_has_is_screened_instead():
+    """With one two-choice gene, every probe (the best child with the other choice) is a child the study already has:
+    no probe is trained twice, the child is screened instead."""
+    optimizer = GeneSpec(1.0, 0.0, 1.0, "linear", "choice", ("SGD", "AdamW"))
+    space = SearchSpace(base_hyp={"optimizer": "SGD"}, genes={"optimizer": optimizer})
+    sampler = build_sampler("ga", space, seed=0)
+
+    def objective(hyp, space):
+        return 1.0 if hyp["optimizer"] == "AdamW" else 0.0
+
+    evolve(sampler, space, STARTUP_CHILDREN + 8, objective)
+    assert {entry.get("probe") for entry in sampler.lineage.values()} == {None}
+    assert all("screened" in sampler.lineage[number] for number in range(STARTUP_CHILDREN, STARTUP_CHILDREN + 8))

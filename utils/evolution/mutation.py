@@ -320,13 +320,19 @@ def gene_spread(rows: np.ndarray, specs: Sequence[GeneSpec]) -> np.ndarray:
     return np.array(spreads)
 
 
+def probe_weights(spread: np.ndarray, specs: Sequence[GeneSpec]) -> np.ndarray:
+    """How often a probe moves each gene: 1 / (its ``spread`` + 0.05), so the genes the best children never vary come
+    first; 0 for a gene that cannot move (its bounds are equal, or it has one choice)."""
+    movable = np.array([spec.high > spec.low for spec in specs])
+    return np.where(movable, 1.0 / (np.asarray(spread, dtype=float) + PROBE_SPREAD_FLOOR), 0.0)
+
+
 def probe_move(
-    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, spread: np.ndarray
+    parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, weights: np.ndarray
 ) -> tuple[np.ndarray, int]:
-    """``parent`` with one gene moved to a uniform value on its search scale (a choice gene to another choice); the
-    gene is drawn with weight 1 / (``spread`` + 0.05), so the genes the best children never vary are probed most.
-    Returns the child and the gene's position."""
-    weights = 1.0 / (np.asarray(spread, dtype=float) + PROBE_SPREAD_FLOOR)
+    """``parent`` with one gene moved to a uniform value on its search scale (a choice gene to another choice), the
+    gene drawn with ``weights`` (``probe_weights``: at least one must be positive). Returns the child and the gene's
+    position."""
     index = int(rng.choice(len(specs), p=weights / weights.sum()))
     child = parent.copy()
     spec = specs[index]

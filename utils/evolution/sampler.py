@@ -33,6 +33,7 @@ from utils.evolution.mutation import (
     genetic_pool,
     mutate,
     probe_move,
+    probe_weights,
     select_parent,
     to_unit,
 )
@@ -44,7 +45,7 @@ STARTUP_CHILDREN = 10  # completed children before the model screens proposals (
 PARZEN_PROPOSALS = 250  # and TPE-style draws from the density of the best children
 FIT_MAX = 300  # the model's hyperparameters are fitted on at most this many children (spread by child number)
 UCB_BETA = 2.0  # a screened child is the proposal with the highest mean + 2 sd under the model
-PROBE_EVERY = 4  # every 4th child (by number) is a probe: one gene of the best child moved to a uniform value
+PROBE_EVERY = 8  # every 8th child (by number) is a probe: one gene of the best child moved to a uniform value
 PROBE_ELITE = 20  # a probe's gene is drawn by how little it varies among this many best children
 REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
@@ -176,7 +177,9 @@ class ScreenedGeneticSampler(GeneticSampler):
         fitted_mean, _ = model.predict(x)
         ranking = np.argsort(-fitted_mean, kind="stable")
         if trial.number % PROBE_EVERY == 0:
-            return self.probe(trial.number, completed, ranking[:PROBE_ELITE], rng)
+            probe = self.probe(study, trial.number, completed, ranking[:PROBE_ELITE], rng)
+            if probe is not None:
+                return probe
         order = ranking[:TOP_PARENTS]
         # Pruned children lagged their peers: the model sees them at the lowest completed fitness, so that it stops
         # proposing where children get pruned. They are never parents.
@@ -207,19 +210,29 @@ class ScreenedGeneticSampler(GeneticSampler):
         return cast_params(dict(zip(genes, pool[best])), genes)
 
     def probe(
-        self, number: int, completed: list[FrozenTrial], elite: np.ndarray, rng: np.random.Generator
-    ) -> dict[str, Any]:
+        self, study: Study, number: int, completed: list[FrozenTrial], elite: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, Any] | None:
         """A probe: the child the model rates best with one gene moved to a uniform value, the gene drawn by how
         little the ``elite`` (the best children by the model, best first) vary it. A model fitted to children that
         changed many genes at once can be confidently wrong about a gene no good child has moved (traced on the noisy
         benchmark: mixup stayed at 0 for 300 children, because the few children with mixup > 0 were bad for other
-        reasons); a probe is the controlled experiment that corrects it."""
+        reasons); a probe is the controlled experiment that corrects it.
+
+        None (the child is screened instead) when no gene can move, or when the probe is a child that the study
+        already has (finished, pruned, failed or still training): a choice gene with two choices probes the same
+        child every time until the best child changes."""
         genes = self.space.genes
         specs = list(genes.values())
         rows = np.array([self.vector(completed[index]) for index in elite])
-        child, gene = probe_move(rows[0], specs, rng, gene_spread(rows, specs))
+        weights = probe_weights(gene_spread(rows, specs), specs)
+        if not weights.sum() > 0:
+            return None
+        child, gene = probe_move(rows[0], specs, rng, weights)
+        params = cast_params(dict(zip(genes, child)), genes)
+        if any(other.params == params for other in study.get_trials(deepcopy=False) if other.number != number):
+            return None
         self.lineage[number] = {"base": False, "parents": [completed[elite[0]].number], "probe": list(genes)[gene]}
-        return cast_params(dict(zip(genes, child)), genes)
+        return params
 
     def gene_lengths(self, model: GaussianProcess) -> np.ndarray:
         """The model's length scale of each gene (a choice gene: its shortest column)."""
