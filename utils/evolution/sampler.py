@@ -215,8 +215,8 @@ class ScreenedGeneticSampler(GeneticSampler):
         """A probe: the child the model rates best with one gene moved to a uniform value, the gene drawn by how
         little the ``elite`` (the best children by the model, best first) vary it. A model fitted to children that
         changed many genes at once can be confidently wrong about a gene no good child has moved (traced on the noisy
-        benchmark: mixup stayed at 0 for 300 children, because the few children with mixup > 0 were bad for other
-        reasons); a probe is the controlled experiment that corrects it.
+        benchmark: mixup was 0 in the last 100 of 300 children, because the few children with mixup > 0 were bad for
+        other reasons); a probe is the controlled experiment that corrects it.
 
         None (the child is screened instead) when no gene can move, or when the probe is a child that the study
         already has (finished, pruned, failed or still training): a choice gene with two choices probes the same
