@@ -64,6 +64,12 @@ def mutation_factors(gains: np.ndarray, rng: np.random.Generator, sigma: float =
     return factors
 
 
+def other_choice(value: float, spec: GeneSpec, rng: np.random.Generator) -> float:
+    """A choice gene's index moved to one of its other choices, uniformly."""
+    others = [choice for choice in range(len(spec.choices)) if choice != int(round(value))]
+    return float(others[int(rng.integers(len(others)))])
+
+
 def switch_choices(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random.Generator, force: bool) -> np.ndarray:
     """Choice genes (carried as an index) switch to another choice with probability ``0.1 * gain`` each; with
     ``force`` (nothing else changed) one of them switches for sure."""
@@ -73,8 +79,7 @@ def switch_choices(parent: np.ndarray, specs: Sequence[GeneSpec], rng: np.random
     if force and not switches and indices:
         switches = [indices[int(rng.integers(len(indices)))]]
     for index in switches:
-        others = [choice for choice in range(len(specs[index].choices)) if choice != int(round(parent[index]))]
-        child[index] = float(others[int(rng.integers(len(others)))])
+        child[index] = other_choice(parent[index], specs[index], rng)
     return child
 
 
@@ -213,8 +218,7 @@ def subspace_move(
     for index in rng.choice(len(specs), size=count, replace=False, p=relevance):
         spec = specs[index]
         if spec.type == "choice":
-            others = [choice for choice in range(len(spec.choices)) if choice != int(round(parent[index]))]
-            child[index] = float(others[int(rng.integers(len(others)))])
+            child[index] = other_choice(parent[index], spec, rng)
             continue
         if rng.random() < 0.5:
             position = rng.random()
@@ -337,8 +341,7 @@ def probe_move(
     child = parent.copy()
     spec = specs[index]
     if spec.type == "choice":
-        others = [choice for choice in range(len(spec.choices)) if choice != int(round(parent[index]))]
-        child[index] = float(others[int(rng.integers(len(others)))])
+        child[index] = other_choice(parent[index], spec, rng)
     else:
         child[index] = from_unit(rng.random(), spec)
     return child, index
