@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=30, help="N: the budget is N x --epochs epochs")
     parser.add_argument("--epochs", type=int, default=20, help="E: epochs of a child that is not pruned")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds --first-seed .. --first-seed + --seeds - 1")
     parser.add_argument("--tau", type=float, default=0.3, help="curve time constant, as a fraction of the run")
     parser.add_argument("--crossing", type=float, default=0.5, help="spread of log tau across hyps (0: no crossing)")
     parser.add_argument("--noise", type=float, default=0.01, help="sd of the fitness noise at every epoch")
@@ -189,7 +190,8 @@ def main() -> None:
     curves = Curves(args.epochs, args.tau, args.crossing, args.noise)
     budget = args.children * args.epochs
     jobs = [(sampler, spec, seed, curves, budget, args.children)
-            for sampler in samplers for spec in pruners for seed in range(args.seeds)]  # fmt: skip
+            for sampler in samplers for spec in pruners
+            for seed in range(args.first_seed, args.first_seed + args.seeds)]  # fmt: skip
     results = {sampler: {spec: [] for spec in pruners} for sampler in samplers}
     seconds = {sampler: {spec: [] for spec in pruners} for sampler in samplers}
     with multiprocessing.Pool(args.processes) as pool:
@@ -197,8 +199,9 @@ def main() -> None:
             results[sampler][spec].append(rows)
             seconds[sampler][spec].append(spent)
     base = true_quality(load_hyp())
+    last_seed = args.first_seed + args.seeds - 1
     print(f"surrogate: {args.epochs} epochs per child, tau {args.tau}, crossing {args.crossing}, noise sd "
-          f"{args.noise}; base hyp q {base:.3f}, optimum {OPTIMUM}; {args.seeds} seeds")  # fmt: skip
+          f"{args.noise}; base hyp q {base:.3f}, optimum {OPTIMUM}; seeds {args.first_seed}-{last_seed}")  # fmt: skip
     print("cells: median [25th, 75th percentile] over seeds of the true q of the best COMPLETE child (by reported")
     print(f"final fitness) among the children finished within B epochs; N x E = {args.children} x {args.epochs}.")
     print("tried/completed: children at N x E epochs (medians); tried q: mean true q of the children tried")

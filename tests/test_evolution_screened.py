@@ -21,10 +21,12 @@ from utils.evolution.mutation import (
     to_unit,
     uniform_draw,
 )
+from utils.evolution.pruning import build_pruner
 from utils.evolution.sampler import (
     PROBE_EVERY,
     STARTUP_CHILDREN,
     GeneticSampler,
+    Observations,
     ScreenedGeneticSampler,
     build_sampler,
     quiet_optuna,
@@ -134,8 +136,6 @@ def test_the_model_is_never_fitted_on_the_best_children_alone(space, monkeypatch
     """Above FIT_MAX children the fit takes children spread by number, never the best by their noisy fitness: the
     best 120 of 150 noisy children were mostly the lucky ones, the fit saw little but noise, the model went flat
     and the children the search proposed got worse (issue #14's plateau)."""
-    from types import SimpleNamespace
-
     import utils.evolution.sampler as sampler_module
 
     monkeypatch.setattr(sampler_module, "FIT_MAX", 20)
@@ -150,9 +150,8 @@ def test_the_model_is_never_fitted_on_the_best_children_alone(space, monkeypatch
     rng = np.random.default_rng(0)
     x = rng.random((40, 3))
     y = x[:, 0] + rng.normal(0, 0.05, 40)
-    completed = [SimpleNamespace(number=number) for number in range(40)]
     sampler = ScreenedGeneticSampler(space, seed=0)
-    sampler.model(completed, x, y)
+    sampler.model(Observations([], x, y, [(number, None) for number in range(40)], None))
     assert len(fitted) == 1 and len(fitted[0]) == 20
     assert fitted[0].min() < np.sort(y)[len(y) - 20]  # worse children than the best 20 are in the fit
 
@@ -338,3 +337,142 @@ def test_a_probe_the_study_already_has_is_screened_instead():
     evolve(sampler, space, STARTUP_CHILDREN + 8, objective)
     assert {entry.get("probe") for entry in sampler.lineage.values()} == {None}
     assert all("screened" in sampler.lineage[number] for number in range(STARTUP_CHILDREN, STARTUP_CHILDREN + 8))
+
+
+def add_child(study, space, params, curve, last_step, complete):
+    """A finished child: ``curve(step)`` reported at steps 1..last_step, completed at curve(last_step) or pruned."""
+    state = optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions=space.distributions(), state=state,
+        value=curve(last_step) if complete else None,
+        intermediate_values={step: curve(step) for step in range(1, last_step + 1)},
+    ))  # fmt: skip
+
+
+def lr_params(space, lr0):
+    return {**space.base_params(), "lr0": lr0}
+
+
+def test_pruned_children_are_read_at_each_level_on_the_final_scale(space):
+    """Fitness rising in proportion to the step: every reading, at any level, lands on the child's final fitness once
+    the lower levels are scaled by the chained median ratios, and the model predicts at the final fitness."""
+    study = optuna.create_study(direction="maximize")
+    qualities = np.linspace(0.2, 0.6, 12)
+    for index, quality in enumerate(qualities):
+        last, complete = (9, True) if index % 3 == 0 else (1, False) if index % 3 == 1 else (3, False)
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=quality: q * s / 9, last, complete)
+    data = ScreenedGeneticSampler(space).observations(study)
+    assert [child.number for child in data.children] == list(range(12))
+    by_child = {}
+    for (number, step), value, fidelity in zip(data.rows, data.y, data.x[:, -1]):
+        by_child.setdefault(number, []).append(step)
+        assert value == pytest.approx(qualities[number])
+        assert fidelity == pytest.approx(np.log(step) / np.log(10))  # the final fitness is read as step 10
+    assert by_child[0] == [1, 3, 10] and by_child[1] == [1] and by_child[2] == [1, 3]
+    assert data.fidelity == 1.0 and data.x.shape[1] == data.inputs(data.x[:1, :-1]).shape[1]
+
+
+def test_before_any_child_completes_the_model_reads_the_highest_level_three_children_reached(space):
+    study = optuna.create_study(direction="maximize")
+    for index in range(8):
+        last = 3 if index < 3 else 1
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=0.1 * (index + 1): q * s, last, False)
+    data = ScreenedGeneticSampler(space).observations(study)
+    assert {step for _, step in data.rows} == {1, 3}
+    assert data.fidelity == pytest.approx(np.log(3) / np.log(4))
+    assert np.allclose(data.y, [0.1 * (number + 1) * 3 for number, _ in data.rows])  # level 1 on level 3's scale
+
+
+def test_the_levels_are_the_lowest_pruning_step_and_the_commonest_ones(space):
+    study = optuna.create_study(direction="maximize")
+    steps = [2, 4, 4, 4, 5, 6, 6, 7, 7, 7, 7]
+    for index, last in enumerate(steps):
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s: 0.1 * s, last, False)
+    data = ScreenedGeneticSampler(space).observations(study)
+    assert sorted({step for _, step in data.rows}) == [2, 4, 7]
+
+
+def test_without_pruned_children_the_model_reads_final_fitness_only(space):
+    study = evolve(build_sampler("ga", space, seed=1), space, STARTUP_CHILDREN + 2)
+    data = ScreenedGeneticSampler(space).observations(study)
+    assert data.fidelity is None and data.rows == [(trial.number, None) for trial in study.trials]
+    assert data.y.tolist() == [trial.value for trial in study.trials]
+    assert data.inputs(data.x) is data.x
+
+
+def test_the_multi_fidelity_model_sees_through_fast_starters(space):
+    """lr0 sets the final fitness; warmup only how fast a child starts. Children pruned early were read while the
+    fast starters led, yet the model's prediction at the final fitness follows lr0, not warmup."""
+    study = optuna.create_study(direction="maximize")
+    rng = np.random.default_rng(0)
+    spec_lr, spec_warm = space.genes["lr0"], space.genes["warmup_epochs"]
+    truth = []
+    for index in range(40):
+        u_lr, u_warm = rng.random(2)
+        params = {**space.base_params(), "lr0": float(from_unit(u_lr, spec_lr)),
+                  "warmup_epochs": float(from_unit(u_warm, spec_warm))}  # fmt: skip
+        quality, tau = 0.2 + 0.4 * u_lr, 0.15 * np.exp(1.5 * u_warm)
+
+        def curve(step, quality=quality, tau=tau):
+            return quality * (1 - np.exp(-step / 9 / tau)) / (1 - np.exp(-1 / tau))
+
+        last, complete = (9, True) if index % 4 == 0 else (1 if index % 4 == 1 else 3, False)
+        add_child(study, space, params, curve, last, complete)
+        truth.append((u_lr, u_warm, quality))
+    sampler = ScreenedGeneticSampler(space)
+    data = sampler.observations(study)
+    model = sampler.model(data)
+    grid = np.array([[a, b] for a in np.linspace(0.05, 0.95, 7) for b in np.linspace(0.05, 0.95, 7)])
+    points = np.repeat(sampler.units([sampler.vector(study.trials[0])]), len(grid), axis=0)
+    names = list(space.genes)
+    points[:, names.index("lr0")], points[:, names.index("warmup_epochs")] = grid[:, 0], grid[:, 1]
+    mean, _ = model.predict(data.inputs(points))
+    assert np.corrcoef(mean, grid[:, 0])[0, 1] > 0.9  # the final quality
+    assert abs(np.corrcoef(mean, grid[:, 1])[0, 1]) < 0.3  # not the start
+
+
+def test_a_pruned_child_with_no_usable_reading_is_read_at_the_lowest_fitness(space):
+    """Real training often validates to 0 mAP after one epoch: those readings cannot be put on another level's scale
+    by a ratio, yet the children pruned there lagged their peers and must not vanish from the model."""
+    study = optuna.create_study(direction="maximize")
+    for index in range(10):
+        last = 3 if index < 4 else 1
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=0.1 * (index + 1): q * (s - 1), last,
+                  False)  # fmt: skip
+    data = ScreenedGeneticSampler(space).observations(study)
+    assert [child.number for child in data.children] == [0, 1, 2, 3]  # read at 3; parents come from these only
+    assert sorted(number for number, _ in data.rows) == list(range(10))
+    assert all(step == 3 for _, step in data.rows) and data.y[4:].tolist() == [data.y[:4].min()] * 6
+
+
+def test_with_halving_a_fresh_sampler_proposes_the_same_child_and_pruned_children_are_parents(space):
+    """The multi-fidelity model is a function of the study too (a resumed or second worker draws the same child),
+    and a child halving stopped can be a parent when its readings say its region is good."""
+    quiet_optuna()
+    sampler = build_sampler("ga", space, seed=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=build_pruner("halving", 9))
+    for _ in range(STARTUP_CHILDREN + 30):
+        trial = study.ask()
+        hyp = suggest_hyp(trial, space)
+        trial.set_user_attr("hyp", hyp)
+        state, value = optuna.trial.TrialState.COMPLETE, None
+        noise = np.random.default_rng(trial.number).normal(0, 0.2)  # the order at the rungs is mostly noise
+        for step in range(1, 10):
+            value = (quadratic(hyp, space) + noise) * step / 9
+            trial.report(value, step)
+            if trial.should_prune():
+                state, value = optuna.trial.TrialState.PRUNED, None
+                break
+        study.tell(trial, value, state=state)
+    completed = sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials)
+    assert completed < STARTUP_CHILDREN  # the model screens from the readings, not from completed children alone
+    for _ in range(2):  # child 40 is a probe, child 41 is screened
+        trial = study.ask()
+        suggest_hyp(trial, space)
+        frozen = study.trials[-1]
+        fresh = build_sampler("ga", space, seed=2).sample_relative(study, frozen, space.distributions())
+        assert fresh == frozen.params
+    assert "probe" in sampler.lineage[40] and "screened" in sampler.lineage[41]
+    pruned = {trial.number for trial in study.trials if trial.state == optuna.trial.TrialState.PRUNED}
+    parents = {number for entry in sampler.lineage.values() if "screened" in entry for number in entry["parents"]}
+    assert parents & pruned

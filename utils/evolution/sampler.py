@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,8 @@ PROBE_EVERY = 8  # every 8th child (by number) is a probe: one gene of the best 
 PROBE_ELITE = 20  # a probe's gene is drawn by how little it varies among this many best children
 REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
+FIDELITY_LEVELS = 3  # with pruned children the model also reads every child at up to 3 of the steps children stop at
+RATIO_PAIRS = 3  # children that reached two adjacent levels, to put the lower level on the upper level's scale
 IMPORTED_ATTR = "imported"
 
 
@@ -141,7 +145,8 @@ class GeneticSampler(BaseSampler):
 class ScreenedGeneticSampler(GeneticSampler):
     """The default ``ga``: yolov5's mutation proposes, a model of the finished children picks what to train.
 
-    Until ``STARTUP_CHILDREN`` children have completed (imported rows included), children are classic moves
+    Until the model knows ``STARTUP_CHILDREN`` children (completed ones, imported rows included; with pruning, see
+    ``observations``, children read at an epoch), children are classic moves
     (mutations of a fitness-weighted top-5 parent). After that, every ``PROBE_EVERY``-th child (by number) is a
     probe (``probe``), and every other child is the most promising of about 750 proposals by the upper confidence
     bound (mean + ``UCB_BETA`` sd) under a Gaussian-process model (``utils.evolution.surrogate``). The proposals
@@ -149,8 +154,9 @@ class ScreenedGeneticSampler(GeneticSampler):
     children the model rates best (its posterior mean, which discounts a child that was only lucky): yolov5
     mutations at three step sizes, crossovers, moves of the 1-3 genes the model finds relevant, and uniform draws;
     plus ``PARZEN_PROPOSALS`` TPE-style draws from the density of the best children. The model's data: every
-    completed child, every pruned child at the lowest completed fitness (never a parent), and children other workers
-    are training at their predicted fitness, so concurrent workers do not propose the same point.
+    completed child; with pruned children, every child at a few epochs as well (``observations``: a multi-fidelity
+    model, under which a pruned child can be a parent); and children other workers are training at their predicted
+    fitness, so concurrent workers do not propose the same point.
 
     Everything is a function of (seed, child number, those children): replays and resumes draw the same child.
     The model's hyperparameters are refitted from the same two starts (``surrogate.FIT_STARTS``), on at most
@@ -160,54 +166,120 @@ class ScreenedGeneticSampler(GeneticSampler):
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
         super().__init__(space, seed=seed, parent_selection=parent_selection)
-        self._fits: dict[tuple[int, ...], GaussianProcess] = {}
+        self._fits: dict[tuple[tuple[int, int | None], ...], GaussianProcess] = {}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        completed = completed_trials(study)
-        if not search_space or is_base_child(study, trial.number) or len(completed) < STARTUP_CHILDREN:
+        data = self.observations(study)
+        if not search_space or is_base_child(study, trial.number) or len(data.children) < STARTUP_CHILDREN:
             return super().sample_relative(study, trial, search_space)
         genes = self.space.genes
         specs = list(genes.values())
         rng = child_rng(self.seed, trial.number)
-        x = self.units([self.vector(child) for child in completed])
-        y = np.array([child.value for child in completed], dtype=float)
-        model = self.model(completed, x, y)
-        fitted_mean, _ = model.predict(x)
+        model = self.model(data)
+        children_x = self.units([self.vector(child) for child in data.children])
+        fitted_mean, _ = model.predict(data.inputs(children_x))
         ranking = np.argsort(-fitted_mean, kind="stable")
         if trial.number % PROBE_EVERY == 0:
-            probe = self.probe(study, trial.number, completed, ranking[:PROBE_ELITE], rng)
+            probe = self.probe(study, trial.number, data.children, ranking[:PROBE_ELITE], rng)
             if probe is not None:
                 return probe
         order = ranking[:TOP_PARENTS]
-        # Pruned children lagged their peers: the model sees them at the lowest completed fitness, so that it stops
-        # proposing where children get pruned. They are never parents.
-        pruned = [child for child in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-                  if set(genes) <= set(child.params)]  # fmt: skip
-        if pruned:
-            x = np.concatenate([x, self.units([self.vector(child) for child in pruned])])
-            y = np.concatenate([y, np.full(len(pruned), y.min())])
-            model = GaussianProcess.condition(x, y, model.lengths, model.signal, model.noise)
-        parents = np.array([self.vector(completed[index]) for index in order])
+        parents = np.array([self.vector(data.children[index]) for index in order])
         pool, origins = genetic_pool(
             parents, fitted_mean[order], specs, rng, self.relevance(model), self.floor_fraction
         )
-        pool.extend(self.from_unit_rows(ParzenScreen.fit(x, y).sample(PARZEN_PROPOSALS, rng)))
+        # TPE-style draws from the best children: by fitness, or with several readings per child by the model's mean
+        good = (data.x, data.y) if data.fidelity is None else (children_x, fitted_mean)
+        pool.extend(self.from_unit_rows(ParzenScreen.fit(*good).sample(PARZEN_PROPOSALS, rng)))
         origins.extend([[]] * PARZEN_PROPOSALS)
         running = [
             other for other in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if other.number != trial.number and set(genes) <= set(other.params)
         ]  # fmt: skip
-        model = model.with_fantasies(self.units([self.vector(other) for other in running]))
-        mean, sd = model.predict(self.units(pool))
+        model = model.with_fantasies(data.inputs(self.units([self.vector(other) for other in running])))
+        mean, sd = model.predict(data.inputs(self.units(pool)))
         best = int(np.argmax(upper_confidence_bound(mean, sd, UCB_BETA)))
         self.lineage[trial.number] = {
             "base": False,
-            "parents": [completed[order[index]].number for index in origins[best]],
+            "parents": [data.children[order[index]].number for index in origins[best]],
             "screened": {"pool": len(pool), "predicted": round(float(mean[best]), 5), "sd": round(float(sd[best]), 5)},
         }
         return cast_params(dict(zip(genes, pool[best])), genes)
+
+    def observations(self, study: Study) -> Observations:
+        """What the model learns from. Without pruned children: every completed child at its fitness.
+
+        With pruned children (``--prune``), a multi-fidelity model: each child is read at up to
+        ``FIDELITY_LEVELS`` steps (the lowest step any child was pruned at, and the steps most children were pruned
+        at) and at its final fitness, one row per reading, with the step as one more input (log scale, the final
+        fitness at 1). Readings at a lower level are put on the next level's scale by the median ratio between the
+        two among the children that reached both, chained from the highest level that ``RATIO_PAIRS`` children
+        reached. So a child pruned at epoch 3 says how good its region looks after 3 epochs, and the model learns
+        from the children that went on how far that predicts the final fitness, curves that cross included (a
+        fast starter is not a good finisher everywhere). With ``halving`` only about one child in 4 trains in full;
+        a model that saw pruned children only at the lowest completed fitness never reached no pruning's quality
+        within the same epochs, this one does with about half of them (``benchmarks/evolve_pruning.py``).
+        A pruned child that has no reading there is read at the lowest level at the lowest fitness."""
+        genes = self.space.genes
+        completed = completed_trials(study)
+        pruned = [child for child in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                  if set(genes) <= set(child.params) and child.last_step is not None]  # fmt: skip
+        if not pruned:
+            x = self.units([self.vector(child) for child in completed])
+            y = np.array([child.value for child in completed], dtype=float)
+            return Observations(completed, x, y, [(child.number, None) for child in completed], None)
+        children = sorted(completed + pruned, key=lambda child: child.number)
+        counts = Counter(child.last_step for child in pruned)
+        lowest = min(counts)
+        common = sorted((step for step in counts if step != lowest), key=lambda step: (-counts[step], -step))
+        levels = sorted([lowest, *common[: FIDELITY_LEVELS - 1]])
+        steps = [child.last_step for child in completed if child.last_step is not None]
+        final = max(levels + steps) + 1  # the final fitness, above every step a child reports
+
+        def reading(child: FrozenTrial, level: int) -> float:
+            if level == final:
+                return float(child.value) if child.state == TrialState.COMPLETE else math.nan
+            value = child.intermediate_values.get(level)
+            return float(value) if value is not None else math.nan
+
+        scales: dict[int, float] = {}
+        upper = None
+        for level in reversed([*levels, final]):
+            if upper is None:
+                if sum(np.isfinite(reading(child, level)) for child in children) >= RATIO_PAIRS:
+                    scales[level], upper = 1.0, level
+                continue
+            pairs = np.array([(reading(child, upper), reading(child, level)) for child in children
+                              if np.isfinite(reading(child, upper)) and reading(child, level) > 0])  # fmt: skip
+            if len(pairs) < RATIO_PAIRS:
+                break
+            scales[level], upper = float(np.median(pairs[:, 0] / pairs[:, 1])) * scales[upper], level
+        rows, inputs, values, kept = [], [], [], []
+        units = self.units([self.vector(child) for child in children])
+        for index, child in enumerate(children):
+            readings = [(level, reading(child, level)) for level in sorted(scales)]
+            readings = [(level, value) for level, value in readings if np.isfinite(value)]
+            if readings:
+                kept.append(child)
+            for level, value in readings:
+                rows.append((child.number, level))
+                inputs.append(np.append(units[index], math.log(level) / math.log(final)))
+                values.append(scales[level] * value)
+        # A pruned child with no reading the chain can scale (one pruned below the lowest level that could be
+        # chained, or whose fitness there was 0) still lagged its peers: it is read at the lowest level, at the
+        # lowest fitness, so that the model stops proposing where children get pruned. It is never a parent.
+        if values:
+            bottom, read = min(scales), {child.number for child in kept}
+            for index, child in enumerate(children):
+                if child.number not in read and child.state == TrialState.PRUNED:
+                    rows.append((child.number, bottom))
+                    inputs.append(np.append(units[index], math.log(bottom) / math.log(final)))
+                    values.append(min(values))
+        top = math.log(max(scales)) / math.log(final) if scales else 1.0
+        x = np.array(inputs).reshape(len(inputs), units.shape[1] + 1)
+        return Observations(kept, x, np.array(values, dtype=float), rows, top)
 
     def probe(
         self, study: Study, number: int, completed: list[FrozenTrial], elite: np.ndarray, rng: np.random.Generator
@@ -248,20 +320,20 @@ class ScreenedGeneticSampler(GeneticSampler):
         inverse = 1.0 / self.gene_lengths(model) ** 2
         return inverse / inverse.sum()
 
-    def model(self, completed: list[FrozenTrial], x: np.ndarray, y: np.ndarray) -> GaussianProcess:
-        """The GP on every completed child, with hyperparameters fitted on the first m of them (m on the schedule)."""
+    def model(self, data: Observations) -> GaussianProcess:
+        """The GP on every observation, with hyperparameters fitted on the first m of them (m on the schedule)."""
         size = STARTUP_CHILDREN
-        while size * REFIT_GROWTH <= len(completed):
+        while size * REFIT_GROWTH <= len(data.rows):
             size = int(math.ceil(size * REFIT_GROWTH))
-        order = np.argsort([child.number for child in completed], kind="stable")[:size]
-        key = tuple(sorted(completed[index].number for index in order))
+        order = np.argsort([number for number, _ in data.rows], kind="stable")[:size]
+        key = tuple(sorted(data.rows[index] for index in order))
         if key not in self._fits:
             # Never a subset chosen by fitness: the best children by a noisy score are the lucky ones, and a fit on
             # them alone sees mostly noise (the model went flat and the search worse after child 120).
             order = order[np.unique(np.linspace(0, len(order) - 1, FIT_MAX).round().astype(int))]
-            self._fits = {key: GaussianProcess.fit(x[order], y[order])}
+            self._fits = {key: GaussianProcess.fit(data.x[order], data.y[order])}
         fitted = self._fits[key]
-        return GaussianProcess.condition(x, y, fitted.lengths, fitted.signal, fitted.noise)
+        return GaussianProcess.condition(data.x, data.y, fitted.lengths, fitted.signal, fitted.noise)
 
     def from_unit_rows(self, positions: np.ndarray) -> np.ndarray:
         """The inverse of ``units`` for rows of points on the unit cube (a choice gene takes its largest column)."""
@@ -290,6 +362,26 @@ class ScreenedGeneticSampler(GeneticSampler):
             else:
                 columns.append(to_unit(vectors[:, index], spec))
         return np.stack(columns, axis=1)
+
+
+@dataclass
+class Observations:
+    """The model's data: ``children`` it knows (in child order), its inputs ``x`` and fitness ``y``, one row per
+    (child number, step read) in ``rows``, and ``fidelity``: None for a model of the final fitness alone (step
+    None), else the fidelity input at which it predicts (its highest level; the final fitness is read as the step
+    after the last one any child reported)."""
+
+    children: list[FrozenTrial]
+    x: np.ndarray
+    y: np.ndarray
+    rows: list[tuple[int, int | None]]
+    fidelity: float | None
+
+    def inputs(self, units: np.ndarray) -> np.ndarray:
+        """Model inputs for points on the unit cube: predictions are at the highest fidelity."""
+        if self.fidelity is None:
+            return units
+        return np.hstack([units, np.full((len(units), 1), self.fidelity)])
 
 
 def completed_trials(study: Study) -> list[FrozenTrial]:
