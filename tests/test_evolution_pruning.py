@@ -56,9 +56,12 @@ def test_each_pruner_stops_only_lagging_children_and_they_are_never_rows(tmp_pat
     assert len(pruned) + len(completed) == 15, "pruned children count toward n"
     rows = csv_rows(tmp_path)
     assert len(rows) == len(completed)
-    learning_rates = {f"{trial.user_attrs['hyp']['lr0']:20.5g}" for trial in pruned}
-    lr0_column = (tmp_path / "evolve.csv").read_text().splitlines()[0].split(",").index(f"{'lr0':>20}")
-    assert not learning_rates & {row.split(",")[lr0_column] for row in rows}, "a pruned child is a row"
+    header = [name.strip() for name in (tmp_path / "evolve.csv").read_text().splitlines()[0].split(",")]
+    keys = [key for key in header[7:] if isinstance(load_hyp()[key], (int, float))]  # a child's numeric hyp
+    columns = [header.index(key) for key in keys]
+    pruned_hyps = {tuple(f"{trial.user_attrs['hyp'][key]:20.5g}" for key in keys) for trial in pruned}
+    row_hyps = {tuple(row.split(",")[column] for column in columns) for row in rows}
+    assert len(row_hyps) == len(rows) and not pruned_hyps & row_hyps, "a pruned child is a row"
 
 
 def test_without_pruning_every_child_completes(tmp_path):

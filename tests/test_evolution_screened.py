@@ -367,7 +367,7 @@ def test_pruned_children_are_read_at_each_level_on_the_final_scale(space):
     for (number, step), value, fidelity in zip(data.rows, data.y, data.x[:, -1]):
         by_child.setdefault(number, []).append(step)
         assert value == pytest.approx(qualities[number])
-        assert fidelity == pytest.approx(np.log(step) / np.log(10))  # the final fitness is read as step 10
+        assert fidelity == pytest.approx(np.log1p(step) / np.log1p(10))  # the final fitness is read as step 10
     assert by_child[0] == [1, 3, 10] and by_child[1] == [1] and by_child[2] == [1, 3]
     assert data.fidelity == 1.0 and data.x.shape[1] == data.inputs(data.x[:1, :-1]).shape[1]
 
@@ -379,7 +379,7 @@ def test_before_any_child_completes_the_model_reads_the_highest_level_three_chil
         add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=0.1 * (index + 1): q * s, last, False)
     data = ScreenedGeneticSampler(space).observations(study)
     assert {step for _, step in data.rows} == {1, 3}
-    assert data.fidelity == pytest.approx(np.log(3) / np.log(4))
+    assert data.fidelity == pytest.approx(np.log1p(3) / np.log1p(4))
     assert np.allclose(data.y, [0.1 * (number + 1) * 3 for number, _ in data.rows])  # level 1 on level 3's scale
 
 
@@ -446,33 +446,61 @@ def test_a_pruned_child_with_no_usable_reading_is_read_at_the_lowest_fitness(spa
 
 
 def test_with_halving_a_fresh_sampler_proposes_the_same_child_and_pruned_children_are_parents(space):
-    """The multi-fidelity model is a function of the study too (a resumed or second worker draws the same child),
-    and a child halving stopped can be a parent when its readings say its region is good."""
+    """The multi-fidelity model is a function of the study too: at every child a fresh sampler (a resume, another
+    worker) draws what the running one drew, though the scaled readings move with every child (curves of different
+    shapes). A child halving stopped can be a parent when its readings say its region is good."""
     quiet_optuna()
     sampler = build_sampler("ga", space, seed=2)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=build_pruner("halving", 9))
-    for _ in range(STARTUP_CHILDREN + 30):
+    for _ in range(STARTUP_CHILDREN + 32):
         trial = study.ask()
         hyp = suggest_hyp(trial, space)
+        frozen = study.trials[-1]
+        fresh = build_sampler("ga", space, seed=2).sample_relative(study, frozen, space.distributions())
+        assert fresh == frozen.params, f"child {trial.number}"
         trial.set_user_attr("hyp", hyp)
+        draws = np.random.default_rng(trial.number)
+        noise, power = draws.normal(0, 0.2), draws.uniform(0.5, 2)  # the order at the rungs is mostly noise
         state, value = optuna.trial.TrialState.COMPLETE, None
-        noise = np.random.default_rng(trial.number).normal(0, 0.2)  # the order at the rungs is mostly noise
         for step in range(1, 10):
-            value = (quadratic(hyp, space) + noise) * step / 9
+            value = (quadratic(hyp, space) + noise) * (step / 9) ** power
             trial.report(value, step)
             if trial.should_prune():
                 state, value = optuna.trial.TrialState.PRUNED, None
                 break
         study.tell(trial, value, state=state)
-    completed = sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials)
-    assert completed < STARTUP_CHILDREN  # the model screens from the readings, not from completed children alone
-    for _ in range(2):  # child 40 is a probe, child 41 is screened
-        trial = study.ask()
-        suggest_hyp(trial, space)
-        frozen = study.trials[-1]
-        fresh = build_sampler("ga", space, seed=2).sample_relative(study, frozen, space.distributions())
-        assert fresh == frozen.params
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(completed) < STARTUP_CHILDREN  # the model screens from the readings, not from completed children
     assert "probe" in sampler.lineage[40] and "screened" in sampler.lineage[41]
     pruned = {trial.number for trial in study.trials if trial.state == optuna.trial.TrialState.PRUNED}
     parents = {number for entry in sampler.lineage.values() if "screened" in entry for number in entry["parents"]}
     assert parents & pruned
+
+
+def test_imported_rows_stay_in_the_multi_fidelity_model(space):
+    """Imported rows are completed children with no per-epoch fitness: they keep a row at their final fitness (and
+    can be parents) while too few children of this run have completed to put it on the chain's scale."""
+    study = optuna.create_study(direction="maximize")
+    for index in range(3):
+        add_child(study, space, lr_params(space, 2e-3 * (1 + index)), lambda s: 0.9, 0, True)
+    for index in range(12):
+        quality, last = 0.01 * (index + 1), 3 - index % 2
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=quality: q * s, last, False)
+    data = ScreenedGeneticSampler(space).observations(study)
+    numbers = [child.number for child in data.children]
+    assert numbers == list(range(15))  # the imported rows and every pruned child
+    final_rows = [value for (number, step), value in zip(data.rows, data.y) if number < 3]
+    assert final_rows == [0.9, 0.9, 0.9]
+    assert {step for number, step in data.rows if number >= 3} == {2, 3}
+    assert data.fidelity == pytest.approx(np.log1p(3) / np.log1p(4))
+
+
+def test_a_level_of_zero_readings_is_never_the_anchor(space):
+    """Real training often validates 0 mAP after the first epochs: a level where no child has a positive fitness
+    cannot anchor the model (it would be flat), so the old rule holds: pruned children at the lowest fitness."""
+    study = optuna.create_study(direction="maximize")
+    for index in range(12):
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s: 0.0, 1, index < 2)
+    data = ScreenedGeneticSampler(space).observations(study)
+    assert data.fidelity is None and [child.number for child in data.children] == [0, 1]
+    assert len(data.rows) == 12 and data.y.tolist() == [0.0] * 12

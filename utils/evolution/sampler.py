@@ -166,7 +166,7 @@ class ScreenedGeneticSampler(GeneticSampler):
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
         super().__init__(space, seed=seed, parent_selection=parent_selection)
-        self._fits: dict[tuple[tuple[int, int | None], ...], GaussianProcess] = {}
+        self._fits: dict[tuple[bool | int, ...], GaussianProcess] = {}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -177,7 +177,7 @@ class ScreenedGeneticSampler(GeneticSampler):
         genes = self.space.genes
         specs = list(genes.values())
         rng = child_rng(self.seed, trial.number)
-        model = self.model(data)
+        model = self.model(data, study)
         children_x = self.units([self.vector(child) for child in data.children])
         fitted_mean, _ = model.predict(data.inputs(children_x))
         ranking = np.argsort(-fitted_mean, kind="stable")
@@ -208,30 +208,49 @@ class ScreenedGeneticSampler(GeneticSampler):
         }
         return cast_params(dict(zip(genes, pool[best])), genes)
 
-    def observations(self, study: Study) -> Observations:
+    def observations(self, study: Study, only: set[int] | None = None) -> Observations:
         """What the model learns from. Without pruned children: every completed child at its fitness.
 
         With pruned children (``--prune``), a multi-fidelity model: each child is read at up to
         ``FIDELITY_LEVELS`` steps (the lowest step any child was pruned at, and the steps most children were pruned
-        at) and at its final fitness, one row per reading, with the step as one more input (log scale, the final
-        fitness at 1). Readings at a lower level are put on the next level's scale by the median ratio between the
-        two among the children that reached both, chained from the highest level that ``RATIO_PAIRS`` children
-        reached. So a child pruned at epoch 3 says how good its region looks after 3 epochs, and the model learns
-        from the children that went on how far that predicts the final fitness, curves that cross included (a
-        fast starter is not a good finisher everywhere). With ``halving`` only about one child in 4 trains in full;
-        a model that saw pruned children only at the lowest completed fitness never reached no pruning's quality
-        within the same epochs, this one does with about half of them (``benchmarks/evolve_pruning.py``).
-        A pruned child that has no reading there is read at the lowest level at the lowest fitness."""
+        at) and at its final fitness, one row per reading, with the step as one more input (log(1 + step) scale, the
+        final fitness at 1). Readings at a lower level are put on the next level's scale by the median ratio between
+        the two among the children with positive readings at both, chained down from an anchor level (see
+        ``level_scales``); the model predicts at the anchor. So a child pruned at epoch 3 says how good its region
+        looks after 3 epochs, and the model learns from the children that went on how far that predicts the final
+        fitness, curves that cross included (a fast starter is not a good finisher everywhere). With ``halving``
+        about one child in 4 trains in full; a model that saw pruned children only at the lowest completed fitness
+        did not reach no pruning's quality within the same epochs, this one does with 55% of them
+        (``benchmarks/evolve_pruning.py``, 40 seeds). A pruned child with no reading on the chain is read at the
+        lowest level at the lowest fitness (the old rule); a completed child whose final fitness is not on the chain
+        (an imported row) keeps it as it is. No level with ``RATIO_PAIRS`` positive readings: the old rule."""
         genes = self.space.genes
         completed = completed_trials(study)
         pruned = [child for child in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-                  if set(genes) <= set(child.params) and child.last_step is not None]  # fmt: skip
-        if not pruned:
-            x = self.units([self.vector(child) for child in completed])
-            y = np.array([child.value for child in completed], dtype=float)
-            return Observations(completed, x, y, [(child.number, None) for child in completed], None)
-        children = sorted(completed + pruned, key=lambda child: child.number)
-        counts = Counter(child.last_step for child in pruned)
+                  if set(genes) <= set(child.params)]  # fmt: skip
+        if only is not None:  # the model's fit: these children alone
+            completed = [child for child in completed if child.number in only]
+            pruned = [child for child in pruned if child.number in only]
+        stepped = [child for child in pruned if child.last_step is not None]
+        if stepped:
+            multi = self.fidelity_observations(completed, pruned, stepped)
+            if multi is not None:
+                return multi
+        x = self.units([self.vector(child) for child in completed])
+        y = np.array([child.value for child in completed], dtype=float)
+        rows = [(child.number, None) for child in completed]
+        if pruned and completed:  # no readings to learn from: a pruned child lagged its peers, the lowest fitness
+            x = np.concatenate([x, self.units([self.vector(child) for child in pruned])])
+            y = np.concatenate([y, np.full(len(pruned), y.min())])
+            rows += [(child.number, None) for child in pruned]
+        return Observations(completed, x, y, rows, None)
+
+    def fidelity_observations(
+        self, completed: list[FrozenTrial], pruned: list[FrozenTrial], stepped: list[FrozenTrial]
+    ) -> Observations | None:
+        """The multi-fidelity rows of ``observations``; None when no level has ``RATIO_PAIRS`` positive readings."""
+        children = sorted(completed + stepped, key=lambda child: child.number)
+        counts = Counter(child.last_step for child in stepped)
         lowest = min(counts)
         common = sorted((step for step in counts if step != lowest), key=lambda step: (-counts[step], -step))
         levels = sorted([lowest, *common[: FIDELITY_LEVELS - 1]])
@@ -239,47 +258,73 @@ class ScreenedGeneticSampler(GeneticSampler):
         final = max(levels + steps) + 1  # the final fitness, above every step a child reports
 
         def reading(child: FrozenTrial, level: int) -> float:
-            if level == final:
-                return float(child.value) if child.state == TrialState.COMPLETE else math.nan
-            value = child.intermediate_values.get(level)
-            return float(value) if value is not None else math.nan
+            value = child.value if level == final else child.intermediate_values.get(level)
+            if level == final and child.state != TrialState.COMPLETE or value is None or not math.isfinite(value):
+                return math.nan
+            return float(value)
 
-        scales: dict[int, float] = {}
-        upper = None
-        for level in reversed([*levels, final]):
-            if upper is None:
-                if sum(np.isfinite(reading(child, level)) for child in children) >= RATIO_PAIRS:
-                    scales[level], upper = 1.0, level
-                continue
-            pairs = np.array([(reading(child, upper), reading(child, level)) for child in children
-                              if np.isfinite(reading(child, upper)) and reading(child, level) > 0])  # fmt: skip
-            if len(pairs) < RATIO_PAIRS:
-                break
-            scales[level], upper = float(np.median(pairs[:, 0] / pairs[:, 1])) * scales[upper], level
+        table = {level: np.array([reading(child, level) for child in children]) for level in [*levels, final]}
+        scales = self.level_scales(table, [*levels, final])
+        if not scales:
+            return None
         rows, inputs, values, kept = [], [], [], []
         units = self.units([self.vector(child) for child in children])
+
+        def add(index: int, level: int, value: float) -> None:
+            rows.append((children[index].number, level))
+            inputs.append(np.append(units[index], math.log1p(level) / math.log1p(final)))
+            values.append(value)
+
         for index, child in enumerate(children):
-            readings = [(level, reading(child, level)) for level in sorted(scales)]
-            readings = [(level, value) for level, value in readings if np.isfinite(value)]
+            readings = [(level, table[level][index]) for level in sorted(scales) if np.isfinite(table[level][index])]
+            if child.state == TrialState.COMPLETE and final not in scales:
+                # Too few completed children to put the final fitness on the chain's scale (or only imported rows,
+                # which have no per-epoch fitness): the final fitness as it is; the fidelity input lets the model
+                # learn the offset.
+                readings.append((final, table[final][index]))
             if readings:
                 kept.append(child)
             for level, value in readings:
-                rows.append((child.number, level))
-                inputs.append(np.append(units[index], math.log(level) / math.log(final)))
-                values.append(scales[level] * value)
-        # A pruned child with no reading the chain can scale (one pruned below the lowest level that could be
-        # chained, or whose fitness there was 0) still lagged its peers: it is read at the lowest level, at the
-        # lowest fitness, so that the model stops proposing where children get pruned. It is never a parent.
-        if values:
-            bottom, read = min(scales), {child.number for child in kept}
-            for index, child in enumerate(children):
-                if child.number not in read and child.state == TrialState.PRUNED:
-                    rows.append((child.number, bottom))
-                    inputs.append(np.append(units[index], math.log(bottom) / math.log(final)))
-                    values.append(min(values))
-        top = math.log(max(scales)) / math.log(final) if scales else 1.0
+                add(index, level, scales.get(level, 1.0) * value)
+        # A pruned child with no reading the chain can scale (pruned below the lowest level that could be chained,
+        # or with no positive fitness there) still lagged its peers: it is read at the lowest level, at the lowest
+        # fitness, so that the model stops proposing where children get pruned. It is never a parent.
+        bottom, floor, read = min(scales), min(values), {child.number for child in kept}
+        for index, child in enumerate(children):
+            if child.number not in read:
+                add(index, bottom, floor)
+        extra = [child for child in pruned if child.last_step is None]  # pruned before any report
+        if extra:
+            units = self.units([self.vector(child) for child in extra])
+            for index, child in enumerate(extra):
+                rows.append((child.number, bottom))
+                inputs.append(np.append(units[index], math.log1p(bottom) / math.log1p(final)))
+                values.append(floor)
+        top = math.log1p(max(scales)) / math.log1p(final)
         x = np.array(inputs).reshape(len(inputs), units.shape[1] + 1)
         return Observations(kept, x, np.array(values, dtype=float), rows, top)
+
+    @staticmethod
+    def level_scales(table: dict[int, np.ndarray], levels: list[int]) -> dict[int, float]:
+        """The factor that puts each level's readings on the anchor level's scale: chained median ratios between
+        adjacent levels over the children with positive readings at both. The anchor is the highest level with
+        ``RATIO_PAIRS`` positive readings whose chain reaches furthest down (a final fitness that only imported rows
+        have cannot scale anything below it)."""
+        best: dict[int, float] = {}
+        for top in reversed(range(len(levels))):
+            if np.sum(table[levels[top]] > 0) < RATIO_PAIRS:
+                continue
+            scales = {levels[top]: 1.0}
+            for upper, lower in zip(reversed(levels[1 : top + 1]), reversed(levels[:top])):
+                both = (table[upper] > 0) & (table[lower] > 0)
+                if both.sum() < RATIO_PAIRS:
+                    break
+                scales[lower] = float(np.median(table[upper][both] / table[lower][both])) * scales[upper]
+            if len(scales) > len(best):
+                best = scales
+            if min(scales) == levels[0]:
+                break
+        return best
 
     def probe(
         self, study: Study, number: int, completed: list[FrozenTrial], elite: np.ndarray, rng: np.random.Generator
@@ -320,18 +365,24 @@ class ScreenedGeneticSampler(GeneticSampler):
         inverse = 1.0 / self.gene_lengths(model) ** 2
         return inverse / inverse.sum()
 
-    def model(self, data: Observations) -> GaussianProcess:
-        """The GP on every observation, with hyperparameters fitted on the first m of them (m on the schedule)."""
+    def model(self, data: Observations, study: Study | None = None) -> GaussianProcess:
+        """The GP on every observation, with hyperparameters fitted on the first m children by number (m on the
+        schedule): for a multi-fidelity model, on the rows ``observations`` makes from those children alone, so the
+        fit is a function of those finished children (a fresh sampler, a resume or another worker fits the same),
+        although the scaled readings of the full data move with every child."""
+        numbers = sorted({number for number, _ in data.rows})
         size = STARTUP_CHILDREN
-        while size * REFIT_GROWTH <= len(data.rows):
+        while size * REFIT_GROWTH <= len(numbers):
             size = int(math.ceil(size * REFIT_GROWTH))
-        order = np.argsort([number for number, _ in data.rows], kind="stable")[:size]
-        key = tuple(sorted(data.rows[index] for index in order))
+        first = numbers[:size]
+        key = (data.fidelity is not None, *first)
         if key not in self._fits:
+            fit = data if data.fidelity is None or study is None else self.observations(study, set(first))
+            order = np.flatnonzero(np.isin([number for number, _ in fit.rows], first))
             # Never a subset chosen by fitness: the best children by a noisy score are the lucky ones, and a fit on
             # them alone sees mostly noise (the model went flat and the search worse after child 120).
             order = order[np.unique(np.linspace(0, len(order) - 1, FIT_MAX).round().astype(int))]
-            self._fits = {key: GaussianProcess.fit(data.x[order], data.y[order])}
+            self._fits = {key: GaussianProcess.fit(fit.x[order], fit.y[order])}
         fitted = self._fits[key]
         return GaussianProcess.condition(data.x, data.y, fitted.lengths, fitted.signal, fitted.noise)
 
