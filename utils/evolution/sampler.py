@@ -220,7 +220,7 @@ class ScreenedGeneticSampler(GeneticSampler):
         looks after 3 epochs, and the model learns from the children that went on how far that predicts the final
         fitness, curves that cross included (a fast starter is not a good finisher everywhere). With ``halving``
         about one child in 4 trains in full; a model that saw pruned children only at the lowest completed fitness
-        did not reach no pruning's quality within the same epochs, this one does with 55% of them
+        did not reach no pruning's quality within the same epochs, this one does with 60% of them
         (``benchmarks/evolve_pruning.py``, 40 seeds). A pruned child with no reading on the chain is read at the
         lowest level at the lowest fitness (the old rule); a completed child whose final fitness is not on the chain
         (an imported row) keeps it as it is. No level with ``RATIO_PAIRS`` positive readings: the old rule."""
