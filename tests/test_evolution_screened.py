@@ -504,3 +504,20 @@ def test_a_level_of_zero_readings_is_never_the_anchor(space):
     data = ScreenedGeneticSampler(space).observations(study)
     assert data.fidelity is None and [child.number for child in data.children] == [0, 1]
     assert len(data.rows) == 12 and data.y.tolist() == [0.0] * 12
+
+
+def test_a_fit_on_first_children_without_readings_still_fits_a_multi_fidelity_model(space):
+    """The fit uses the first children alone; when they have no positive reading anywhere (0 mAP early in real
+    training) and later children have, the fit still has the fidelity input, so the model can be conditioned."""
+    study = optuna.create_study(direction="maximize")
+    for index in range(12):
+        quality = 0.0 if index < 11 else 0.5
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=quality: q * s, 1 + index % 2, False)
+    for index in range(12, 14):  # 14 children: the fit takes the first 12
+        quality = 0.01 * index
+        add_child(study, space, lr_params(space, 1e-3 * (1 + index)), lambda s, q=quality: q * s, 1 + index % 2, False)
+    sampler = ScreenedGeneticSampler(space)
+    data = sampler.observations(study)
+    assert data.fidelity is not None and sampler.observations(study, set(range(12))).fidelity is None
+    mean, _ = sampler.model(data, study).predict(data.x)
+    assert np.all(np.isfinite(mean))

@@ -35,6 +35,11 @@ class Observations:
             return units
         return np.hstack([units, np.full((len(units), 1), self.fidelity)])
 
+    def inputs_at_final(self) -> np.ndarray:
+        """Rows of a model of the final fitness alone as multi-fidelity inputs (the first children of a study can
+        have no readings to scale, while the later ones have)."""
+        return np.hstack([self.x, np.ones((len(self.x), 1))])
+
 
 def observations(
     completed: list[FrozenTrial], pruned: list[FrozenTrial], trial_units: Callable[[list[FrozenTrial]], np.ndarray]

@@ -163,7 +163,7 @@ class ScreenedGeneticSampler(GeneticSampler):
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
         super().__init__(space, seed=seed, parent_selection=parent_selection)
-        self._fits: dict[tuple[bool | int, ...], GaussianProcess] = {}
+        self._fits: dict[tuple[bool | int | bytes, ...], GaussianProcess] = {}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -266,14 +266,21 @@ class ScreenedGeneticSampler(GeneticSampler):
         while size * REFIT_GROWTH <= len(numbers):
             size = int(math.ceil(size * REFIT_GROWTH))
         first = numbers[:size]
-        key = (data.fidelity is not None, *first)
+        fit, x, key = data, data.x, (data.fidelity is not None, *first)
+        if data.fidelity is not None and study is not None and key not in self._fits:
+            fit = self.observations(study, set(first))
+            if fit.fidelity is not None:
+                x = fit.x
+            elif fit.rows:  # the first children have no readings to scale, later ones have
+                x = fit.inputs_at_final()
+            else:  # nothing to learn from in the first children alone: the current data, refitted every time
+                fit, x, key = data, data.x, (data.x.tobytes(), data.y.tobytes())
         if key not in self._fits:
-            fit = data if data.fidelity is None or study is None else self.observations(study, set(first))
             order = np.flatnonzero(np.isin([number for number, _ in fit.rows], first))
             # Never a subset chosen by fitness: the best children by a noisy score are the lucky ones, and a fit on
             # them alone sees mostly noise (the model went flat and the search worse after child 120).
             order = order[np.unique(np.linspace(0, len(order) - 1, FIT_MAX).round().astype(int))]
-            self._fits = {key: GaussianProcess.fit(fit.x[order], fit.y[order])}
+            self._fits = {key: GaussianProcess.fit(x[order], fit.y[order])}
         fitted = self._fits[key]
         return GaussianProcess.condition(data.x, data.y, fitted.lengths, fitted.signal, fitted.noise)
 
