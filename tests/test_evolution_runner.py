@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 
 import pytest
@@ -78,29 +77,6 @@ def test_a_broken_setup_stops(tmp_path):
 
     with pytest.raises(UserError, match="all failed.*CUDA out of memory"):
         run(always_fails, load_hyp(), load_meta(), 50, run_dir=tmp_path, plots=False)
-
-
-def test_ctrl_c_that_the_objective_turns_into_another_error_still_stops_the_evolution(tmp_path):
-    """PyTorch can surface a KeyboardInterrupt raised inside one of its calls as a RuntimeError: the evolution must
-    stop all the same, not record a failed child and train the next one."""
-    import os
-    import signal
-
-    def wrapped(hyp, child):
-        if child.index == 1:
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(5)
-            except KeyboardInterrupt as interrupt:
-                raise RuntimeError("interrupted inside a library call") from interrupt
-        return synthetic_metrics(hyp)
-
-    with pytest.raises(KeyboardInterrupt):
-        run(wrapped, load_hyp(), load_meta(), 4, run_dir=tmp_path, plots=False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
-    study = run(instant, load_hyp(), load_meta(), 1, run_dir=tmp_path, plots=False)  # reads the study, trains none
-    assert len(study.trials) == 2 and study.trials[1].state == TrialState.FAIL  # the first run stopped at child 1
-    assert "interrupted" in study.trials[1].user_attrs["error"]
 
 
 def test_keyboard_interrupt_fails_the_child_and_refreshes_views(tmp_path):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import tempfile
-import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -22,36 +20,6 @@ from utils.evolution.search_space import SearchSpace
 from utils.evolution.storage import Heartbeat
 
 LOGGER = logging.getLogger(__name__)
-
-
-class InterruptWatch:
-    """Ctrl-C during a run, remembered even when the objective turns the KeyboardInterrupt into another error.
-
-    PyTorch can surface a KeyboardInterrupt raised inside one of its calls as a RuntimeError; without this, that
-    run was recorded as failed and the evolution went on to the next child (seen once in CI: Ctrl-C during child 0
-    of 3, and children 1 and 2 trained). Only the main thread can install a signal handler; elsewhere it is inert.
-    """
-
-    def __init__(self) -> None:
-        self.seen = False
-        self.previous = None
-
-    def handler(self, signum: int, frame: object) -> None:
-        self.seen = True
-        self.previous(signum, frame)  # Python's handler raises KeyboardInterrupt
-
-    def __enter__(self) -> InterruptWatch:
-        previous = signal.getsignal(signal.SIGINT)
-        # An ignored SIGINT (a background job of a script) stays ignored: only Python's own or a caller's handler
-        # is wrapped.
-        if threading.current_thread() is threading.main_thread() and callable(previous):
-            self.previous = previous
-            signal.signal(signal.SIGINT, self.handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 @dataclass
@@ -181,9 +149,8 @@ def record_run(
     folder: AbstractContextManager[str],
 ) -> TrialState:
     """Call the objective on ``context`` in ``folder`` and tell ``study`` the outcome; KeyboardInterrupt re-raises."""
-    watch = InterruptWatch()
     try:
-        with watch, folder as path, Heartbeat(trial):
+        with folder as path, Heartbeat(trial):
             context.run_dir = Path(path)
             metrics = scalar_metrics(objective(dict(context.hyp), context))
         value = score(metrics)
@@ -198,10 +165,6 @@ def record_run(
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as error:  # any failure of one run (NaN loss, OOM, bad value) must not end the evolution
-        if watch.seen:  # Ctrl-C, turned into another error on its way out of the objective
-            trial.set_user_attr("error", f"interrupted (KeyboardInterrupt, surfaced as {type(error).__name__})")
-            study.tell(trial, state=TrialState.FAIL)
-            raise KeyboardInterrupt from error
         LOGGER.warning("run %d failed: %s: %s", trial.number, type(error).__name__, error)
         trial.set_user_attr("error", f"{type(error).__name__}: {error}")
         study.tell(trial, state=TrialState.FAIL)
