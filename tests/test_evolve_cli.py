@@ -84,7 +84,10 @@ def test_ctrl_c_says_how_to_continue(tiny_dataset, tmp_path):
 
     command = [sys.executable, str(ROOT / "train.py"), "--data", str(tiny_dataset), *TINY_ARGS, "--epochs", "200",
                "--project", str(tmp_path), "--name", "evo", "--evolve", "3"]  # fmt: skip
-    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A test run started as a background job of a script inherits an ignored SIGINT, and Python then never raises
+    # KeyboardInterrupt: the worker gets the default disposition, as an interactive shell gives it.
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     journal, deadline = tmp_path / "evo" / "study.journal", time.monotonic() + 300
     while not (journal.is_file() and "child" in journal.read_text()):  # child 0 has been claimed and is training
         assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
