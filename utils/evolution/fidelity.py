@@ -100,10 +100,11 @@ def fidelity_observations(
     if not scales:
         return None
     rows, inputs, values, kept = [], [], [], []
-    units = trial_units(children)
+    everyone = children + [child for child in pruned if child.last_step is None]  # + pruned before any report
+    units = trial_units(everyone)
 
     def add(index: int, level: int, value: float) -> None:
-        rows.append((children[index].number, level))
+        rows.append((everyone[index].number, level))
         inputs.append(np.append(units[index], math.log1p(level) / math.log1p(final)))
         values.append(value)
 
@@ -122,16 +123,9 @@ def fidelity_observations(
     # or with no positive fitness there) still lagged its peers: it is read at the lowest level, at the lowest
     # fitness, so that the model stops proposing where children get pruned. It is never a parent.
     bottom, floor, read = min(scales), min(values), {child.number for child in kept}
-    for index, child in enumerate(children):
+    for index, child in enumerate(everyone):
         if child.number not in read:
             add(index, bottom, floor)
-    extra = [child for child in pruned if child.last_step is None]  # pruned before any report
-    if extra:
-        units = trial_units(extra)
-        for index, child in enumerate(extra):
-            rows.append((child.number, bottom))
-            inputs.append(np.append(units[index], math.log1p(bottom) / math.log1p(final)))
-            values.append(floor)
     top = math.log1p(max(scales)) / math.log1p(final)
     x = np.array(inputs).reshape(len(inputs), units.shape[1] + 1)
     return Observations(kept, x, np.array(values, dtype=float), rows, top)

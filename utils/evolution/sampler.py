@@ -175,7 +175,7 @@ class ScreenedGeneticSampler(GeneticSampler):
         specs = list(genes.values())
         rng = child_rng(self.seed, trial.number)
         model = self.model(data, study)
-        children_x = self.units([self.vector(child) for child in data.children])
+        children_x = self.trial_units(data.children)
         fitted_mean, _ = model.predict(data.inputs(children_x))
         ranking = np.argsort(-fitted_mean, kind="stable")
         if trial.number % PROBE_EVERY == 0:
@@ -195,7 +195,7 @@ class ScreenedGeneticSampler(GeneticSampler):
             other for other in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if other.number != trial.number and set(genes) <= set(other.params)
         ]  # fmt: skip
-        model = model.with_fantasies(data.inputs(self.units([self.vector(other) for other in running])))
+        model = model.with_fantasies(data.inputs(self.trial_units(running)))
         mean, sd = model.predict(data.inputs(self.units(pool)))
         best = int(np.argmax(upper_confidence_bound(mean, sd, UCB_BETA)))
         self.lineage[trial.number] = {
