@@ -15,9 +15,10 @@ Shapes (coordinates u in [0, 1] per key, log10 for log-scale keys; distance is L
   multimodal   three basins; the base hyp lies in the lowest one, the global optimum lies far from it
   noisy        separable with the noise of real short children (sd 0.03 instead of 0.005)
 
-Samplers: ours (``ga`` the default, ``classic`` yolov5's exact rule, ``tpe``, ``cmaes``, ``random``; each
-starts from the base hyp as child 0) and Optuna's own samplers as references (``optuna-tpe``, ``optuna-cmaes``,
-``optuna-gp``; the base hyp enqueued as their first trial). Studies live in memory and are driven with
+Samplers: ours (``ga`` the default, ``classic`` yolov5's exact rule, ``tpe``, ``cmaes``, ``gp``, ``random``;
+each starts from the base hyp as child 0, the last four with a fresh Optuna sampler per child seeded by its index)
+and Optuna's own samplers as references (``optuna-tpe``, ``optuna-cmaes``, ``optuna-gp``: one sampler per run, the
+base hyp enqueued as their first trial). Studies live in memory and are driven with
 ask/tell, exactly as the runner drives them, without training.
 
     python benchmarks/evolve_search.py --seeds 10 --children 300
@@ -48,7 +49,7 @@ from utils.evolution.sampler import build_sampler, quiet_optuna  # noqa: E402
 from utils.training.hyp import load_hyp  # noqa: E402
 
 SHAPES = ("separable", "interacting", "multimodal", "noisy")
-OURS = ("ga", "classic", "tpe", "cmaes", "random")
+OURS = ("ga", "classic", "tpe", "cmaes", "gp", "random")
 REFERENCES = ("optuna-tpe", "optuna-cmaes", "optuna-gp")
 BUDGETS = (50, 100, 200, 300)
 OPTIMUM = 0.6
@@ -224,8 +225,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (e.g. a holdout set)")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--samplers", default=",".join((*OURS, *REFERENCES)))
-    parser.add_argument("--gp-children", type=int, default=200, help="optuna-gp is slow: its longest run")
-    parser.add_argument("--gp-seeds", type=int, default=5, help="optuna-gp is slow: its number of seeds")
+    parser.add_argument("--gp-children", type=int, default=200, help="gp and optuna-gp are slow: their longest run")
+    parser.add_argument("--gp-seeds", type=int, default=5, help="gp and optuna-gp are slow: their number of seeds")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--save", type=Path, default=None, help="append every finished run to this JSON-lines file")
     parser.add_argument("--load", type=Path, nargs="*", default=[], help="print tables from saved runs, run nothing")
@@ -238,7 +239,7 @@ def main() -> None:
     print("cells: median [25th, 75th percentile] of the true fitness of the noisily-best child after k children")
     jobs = []
     for sampler in samplers:
-        gp = sampler == "optuna-gp"
+        gp = sampler in ("gp", "optuna-gp")
         for shape in shapes:
             for seed in range(args.first_seed, args.first_seed + (args.gp_seeds if gp else args.seeds)):
                 jobs.append((sampler, shape, seed, min(args.children, args.gp_children) if gp else args.children))

@@ -84,6 +84,15 @@ def test_prune_takes_a_pruner_name_and_bare_means_median(flags: tuple[str, ...],
     assert cli.build_evolve_options(args).prune == name
 
 
+def test_gp_with_a_pruner_warns_that_it_ignores_pruned_children(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="train"):
+        cli.build_evolve_options(parse("--evolve", "3", "--sampler", "gp"))
+        assert not caplog.text
+        options = cli.build_evolve_options(parse("--evolve", "3", "--sampler", "gp", "--prune", "halving"))
+    assert options.sampler == "gp" and options.prune == "halving"
+    assert "--sampler gp learns from completed children only: with --prune halving" in caplog.text
+
+
 def test_an_unknown_pruner_is_one_error_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.train_parser().parse_args(["--prune", "asha"])

@@ -117,7 +117,7 @@ def test_the_space_keeps_names_and_whole_numbers():
 # --- the study, evolve.csv, import and resume -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe", "ga"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "ga", "gp"])
 def test_choice_and_int_genes_round_trip_through_study_csv_import_and_resume(tmp_path, sampler):
     first = tmp_path / "first"
     study = run(prefers_adamw, choice_hyp(), choice_meta(), 8, run_dir=first, sampler=sampler, seed=1,

@@ -94,7 +94,7 @@ def ask_child(study, space):
     return trial, suggest_hyp(trial, space)
 
 
-@pytest.mark.parametrize("name", ["ga", "tpe", "random", "cmaes"])
+@pytest.mark.parametrize("name", ["ga", "tpe", "random", "cmaes", "gp"])
 def test_child_zero_is_the_base_hyp_then_children_differ(space, name):
     study = new_study(build_sampler(name, space, seed=1))
     hyps = []
@@ -134,6 +134,22 @@ def test_same_seed_and_index_give_the_same_child(space, name):
 
     assert children(5) == children(5)
     assert children(5)[1:] != children(6)[1:]
+
+
+def test_gp_children_are_a_function_of_seed_and_index_past_its_random_start(space):
+    # Optuna's GPSampler draws children 1 to 9 at random (child 0 is the base), then its model picks them; a fresh
+    # sampler per child, seeded by (seed, index), keeps the model's children reproducible under --seed as well
+    def children(seed):
+        study = new_study(build_sampler("gp", space, seed=seed))
+        for _ in range(13):
+            trial, hyp = ask_child(study, space)
+            study.tell(trial, -abs(np.log10(hyp["lr0"]) + 2.0) - abs(hyp["momentum"] - 0.9))
+        return study.trials
+
+    first = children(5)
+    assert [trial.system_attrs.get("gp:relative_params:0") is not None for trial in first] == [False] * 10 + [True] * 3
+    assert [trial.params for trial in first] == [trial.params for trial in children(5)]
+    assert [trial.params for trial in first[10:]] != [trial.params for trial in children(6)[10:]]
 
 
 def test_ga_records_its_parent(space):

@@ -216,7 +216,7 @@ def test_a_lone_choice_gene_always_switches():
     assert all(child != 1.0 for child in children)
 
 
-@pytest.mark.parametrize("name", ["ga", "classic", "tpe", "random", "cmaes"])
+@pytest.mark.parametrize("name", ["ga", "classic", "tpe", "random", "cmaes", "gp"])
 def test_every_sampler_draws_choice_genes(name):
     def objective(hyp, _space):
         return (hyp["optimizer"] == "AdamW") + 0.01 * np.log10(hyp["lr0"])

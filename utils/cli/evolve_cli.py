@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.common_cli import RUNS
+from utils.cli.common_cli import LOGGER, RUNS
 from utils.device import select_device, trains_in_bf16
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
@@ -33,7 +33,7 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     )
     group.add_argument("--meta", type=Path, default=DEFAULT_META, help="evolution search space (gain, low, high)")
     group.add_argument("--freeze-hyp", default="", metavar="K1,K2", help="hyp keys to keep fixed while evolving")
-    search = "ga (yolov5 moves screened by a model of the finished children), classic (yolov5's exact rule), tpe, ..."
+    search = "ga (yolov5 moves screened by a model of the finished children), classic (yolov5's exact rule), gp, ..."
     group.add_argument("--sampler", choices=SAMPLERS, default="ga", help=search)
     group.add_argument("--storage", default=None, help="study database URL (postgresql://...); default: journal file")
     group.add_argument("--evolve-from", type=Path, default=None, help="import a yolov5 evolve.csv as finished children")
@@ -76,6 +76,13 @@ def parse_freeze(text: str) -> tuple[str, ...]:
 
 def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
     """The evolution's options from train.py's flags; --meta is loaded (and checked) here."""
+    if args.sampler == "gp" and args.prune != "none":
+        # Optuna's GPSampler ignores pruned trials and draws at random until 10 children have completed: with
+        # halving that was all of a benchmark run (223 children, 8 completed: benchmarks/evolve_pruning.py)
+        LOGGER.warning(
+            f"--sampler gp learns from completed children only: with --prune {args.prune} it draws at random until "
+            "10 children have completed (the default --sampler ga learns from pruned children too)"
+        )
     project = Path(args.project)
     if project.resolve() == (RUNS / "train").resolve():
         project = RUNS / "evolve"  # evolve reuses runs/evolve/<name>, so that workers share it

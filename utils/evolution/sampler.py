@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
+from optuna.samplers import BaseSampler, CmaEsSampler, GPSampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -41,7 +41,7 @@ from utils.evolution.mutation import (
 from utils.evolution.search_space import GeneSpec, SearchSpace
 from utils.evolution.surrogate import GaussianProcess, ParzenScreen, upper_confidence_bound
 
-SAMPLERS = ("ga", "classic", "tpe", "cmaes", "random")
+SAMPLERS = ("ga", "classic", "tpe", "cmaes", "gp", "random")
 STARTUP_CHILDREN = 10  # completed children before the model screens proposals (classic moves until then)
 PARZEN_PROPOSALS = 250  # and TPE-style draws from the density of the best children
 FIT_MAX = 300  # the model's hyperparameters are fitted on at most this many children (spread by child number)
@@ -384,7 +384,8 @@ def build_sampler(
     name: str, space: SearchSpace, seed: int = 0, parent_selection: str = "single"
 ) -> GeneticSampler | PerChildSeededSampler:
     """The sampler behind ``--sampler``: "ga" (default: screened yolov5 moves), "classic" (yolov5's rule), "tpe",
-    "cmaes" or "random"."""
+    "cmaes", "gp" (Optuna's Gaussian-process sampler: children 1 to 9 at random, then its model's expected
+    improvement, optimised over the whole space; it learns from completed children only) or "random"."""
     if name == "ga":
         return ScreenedGeneticSampler(space, seed=seed, parent_selection=parent_selection)
     if name == "classic":
@@ -392,6 +393,7 @@ def build_sampler(
     factories: dict[str, Callable[[int], BaseSampler]] = {
         "tpe": lambda child: TPESampler(seed=child),
         "cmaes": lambda child: CmaEsSampler(seed=child, warn_independent_sampling=False),
+        "gp": lambda child: GPSampler(seed=child, warn_independent_sampling=False),
         "random": lambda child: RandomSampler(seed=child),
     }
     if name not in factories:
