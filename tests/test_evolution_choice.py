@@ -120,16 +120,18 @@ def test_the_space_keeps_names_and_whole_numbers():
 @pytest.mark.parametrize("sampler", ["random", "tpe", "ga", "gp"])
 def test_choice_and_int_genes_round_trip_through_study_csv_import_and_resume(tmp_path, sampler):
     first = tmp_path / "first"
-    study = run(prefers_adamw, choice_hyp(), choice_meta(), 8, run_dir=first, sampler=sampler, seed=1,
+    study = run(prefers_adamw, choice_hyp(), choice_meta(), 12, run_dir=first, sampler=sampler, seed=1,
                 trust=NO_REPEATS, plots=False)  # fmt: skip
     children = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda trial: trial.number)
     hyps = [child.user_attrs["hyp"] for child in children]
-    assert len(children) == 8 and hyps[0] == choice_hyp()
+    assert len(children) == 12 and hyps[0] == choice_hyp()
     for child, hyp in zip(children, hyps):
         assert child.params["optimizer"] == hyp["optimizer"] in ("SGD", "AdamW")
         assert child.params["anchors"] == hyp["anchors"] and 2 <= hyp["anchors"] <= 10
     if sampler == "random":
         assert {hyp["optimizer"] for hyp in hyps} == {"SGD", "AdamW"}, "seed 1 draws both optimizers"
+    if sampler == "gp":  # past its 10 random children, the model picks them
+        assert all("gp:relative_params:0" in child.system_attrs for child in children[10:])
 
     table = csv_table(first / "evolve.csv")
     header = (first / "evolve.csv").read_text().splitlines()[0]
@@ -150,12 +152,14 @@ def test_choice_and_int_genes_round_trip_through_study_csv_import_and_resume(tmp
     assert [row.user_attrs["hyp"]["anchors"] for row in rows] == [hyp["anchors"] for hyp in hyps]
     assert [row.params["optimizer"] for row in rows] == [hyp["optimizer"] for hyp in hyps]
 
-    resumed = run(prefers_adamw, choice_hyp(), choice_meta(), 10, run_dir=first, sampler=sampler, seed=1,
+    resumed = run(prefers_adamw, choice_hyp(), choice_meta(), 14, run_dir=first, sampler=sampler, seed=1,
                   trust=NO_REPEATS, plots=False)  # fmt: skip
-    assert len(resumed.trials) == 10 and [trial.user_attrs["hyp"] for trial in resumed.trials[:8]] == hyps
+    assert len(resumed.trials) == 14 and [trial.user_attrs["hyp"] for trial in resumed.trials[:12]] == hyps
     assert all(trial.state == TrialState.COMPLETE for trial in resumed.trials)
-    assert all(trial.user_attrs["hyp"]["optimizer"] in ("SGD", "AdamW") for trial in resumed.trials[8:])
-    assert len(csv_table(first / "evolve.csv")) == 10
+    assert all(trial.user_attrs["hyp"]["optimizer"] in ("SGD", "AdamW") for trial in resumed.trials[12:])
+    if sampler == "gp":
+        assert all("gp:relative_params:0" in trial.system_attrs for trial in resumed.trials[12:])
+    assert len(csv_table(first / "evolve.csv")) == 14
 
 
 def test_a_yolov5_csv_without_the_choice_column_takes_the_base_value(tmp_path):

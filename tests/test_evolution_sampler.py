@@ -138,10 +138,13 @@ def test_same_seed_and_index_give_the_same_child(space, name):
 
 def test_gp_children_are_a_function_of_seed_and_index_past_its_random_start(space):
     # Optuna's GPSampler draws children 1 to 9 at random (child 0 is the base), then its model picks them; a fresh
-    # sampler per child, seeded by (seed, index), keeps the model's children reproducible under --seed as well
-    def children(seed):
+    # sampler per child, seeded by (seed, index), keeps the model's children reproducible under --seed, and a worker
+    # that joins late (a fresh sampler) draws the child that a long-running one would
+    def children(seed, fresh_at=None):
         study = new_study(build_sampler("gp", space, seed=seed))
-        for _ in range(13):
+        for index in range(13):
+            if index == fresh_at:
+                study.sampler = build_sampler("gp", space, seed=seed)
             trial, hyp = ask_child(study, space)
             study.tell(trial, -abs(np.log10(hyp["lr0"]) + 2.0) - abs(hyp["momentum"] - 0.9))
         return study.trials
@@ -149,6 +152,7 @@ def test_gp_children_are_a_function_of_seed_and_index_past_its_random_start(spac
     first = children(5)
     assert [trial.system_attrs.get("gp:relative_params:0") is not None for trial in first] == [False] * 10 + [True] * 3
     assert [trial.params for trial in first] == [trial.params for trial in children(5)]
+    assert [trial.params for trial in first] == [trial.params for trial in children(5, fresh_at=12)]
     assert [trial.params for trial in first[10:]] != [trial.params for trial in children(6)[10:]]
 
 

@@ -328,7 +328,7 @@ class PerChildSeededSampler(BaseSampler):
 
     One seeded sampler per worker would make every worker draw the same sequence; a time seed would make
     runs irreproducible. TPE, random and CMA-ES keep no state between trials outside the study, so a fresh
-    instance per trial loses nothing.
+    instance per trial loses nothing; GP keeps only a warm start for its kernel fit, which a fresh one refits.
     """
 
     def __init__(self, make_delegate: Callable[[int], BaseSampler], space: SearchSpace, seed: int = 0) -> None:
@@ -384,8 +384,9 @@ def build_sampler(
     name: str, space: SearchSpace, seed: int = 0, parent_selection: str = "single"
 ) -> GeneticSampler | PerChildSeededSampler:
     """The sampler behind ``--sampler``: "ga" (default: screened yolov5 moves), "classic" (yolov5's rule), "tpe",
-    "cmaes", "gp" (Optuna's Gaussian-process sampler: children 1 to 9 at random, then its model's expected
-    improvement, optimised over the whole space; it learns from completed children only) or "random"."""
+    "cmaes", "gp" (Optuna's Gaussian-process sampler: random children until 10 have completed, imported rows
+    included, then its model's expected improvement, optimised over the whole space; it learns from completed
+    children only) or "random"."""
     if name == "ga":
         return ScreenedGeneticSampler(space, seed=seed, parent_selection=parent_selection)
     if name == "classic":
