@@ -8,8 +8,9 @@ import pytest
 
 from utils.evolution.child import suggest_hyp
 from utils.evolution.mutation import FACTOR_RANGE, child_rng, mutate, mutation_factors, select_parent
-from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, quiet_optuna
+from utils.evolution.sampler import build_sampler, quiet_optuna
 from utils.evolution.search_space import GeneSpec, load_meta, validate_search_space
+from utils.evolution.seeded import IMPORTED_ATTR
 from utils.training.hyp import load_hyp
 
 

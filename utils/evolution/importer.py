@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 
 from utils.errors import UserError
-from utils.evolution.sampler import IMPORTED_ATTR
 from utils.evolution.search_space import SearchSpace
+from utils.evolution.seeded import IMPORTED_ATTR
 from utils.evolution.views import CSV_METRICS
 
 IMPORTS_ATTR = "imported_files"  # study user attr: sha256 of every imported csv, so a rerun skips them

@@ -27,8 +27,9 @@ from utils.evolution.evaluations import (
 )
 from utils.evolution.importer import import_evolve_csv
 from utils.evolution.pruning import build_pruner, pruner_name
-from utils.evolution.sampler import IMPORTED_ATTR, build_sampler, quiet_optuna
+from utils.evolution.sampler import build_sampler, quiet_optuna
 from utils.evolution.search_space import GeneSpec, SearchSpace, validate_search_space
+from utils.evolution.seeded import IMPORTED_ATTR
 from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children, open_study, run_lock
 from utils.evolution.trust import TrustReport, build_report
 from utils.evolution.views import write_views

@@ -1,4 +1,5 @@
-"""Samplers: the yolov5 genetic mutation as an Optuna sampler, and per-child seeding of Optuna's own samplers.
+"""Samplers: the yolov5 genetic mutation as an Optuna sampler, the default ``ga``, and ``build_sampler`` (Optuna's
+own samplers, seeded per child by ``seeded.PerChildSeededSampler``).
 
 Every child's randomness comes from ``(evolution seed, child index)`` only, never the clock, so workers
 sharing a study never draw identical children and a child can be replayed from its recorded seed.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,6 @@ from utils.evolution.mutation import (
     PARENT_SELECTIONS,
     ZERO_FLOOR_FRACTION,
     child_rng,
-    child_seed,
-    decode,
     encode,
     from_unit_array,
     gene_spread,
@@ -38,7 +37,8 @@ from utils.evolution.mutation import (
     select_parent,
     to_unit,
 )
-from utils.evolution.search_space import GeneSpec, SearchSpace
+from utils.evolution.search_space import SearchSpace
+from utils.evolution.seeded import PerChildSeededSampler, cast_params, is_base_child
 from utils.evolution.surrogate import GaussianProcess, ParzenScreen, upper_confidence_bound
 
 SAMPLERS = ("ga", "classic", "tpe", "cmaes", "gp", "random")
@@ -50,23 +50,6 @@ PROBE_EVERY = 8  # every 8th child (by number) is a probe: one gene of the best 
 PROBE_ELITE = 20  # a probe's gene is drawn by how little it varies among this many best children
 REFIT_GROWTH = 1.2  # refit the model's hyperparameters each time the completed children grow by 20%
 TOP_PARENTS = 5  # yolov5: parents come from the 5 fittest children
-IMPORTED_ATTR = "imported"
-
-
-def own_trials_before(study: Study, number: int) -> list[FrozenTrial]:
-    """Trials created by evolution workers (not imported rows) with a smaller number."""
-    trials = study.get_trials(deepcopy=False)
-    return [trial for trial in trials if trial.number < number and not trial.user_attrs.get(IMPORTED_ATTR)]
-
-
-def is_base_child(study: Study, number: int) -> bool:
-    """True for the first child a worker created: it trains the base hyp unchanged."""
-    return not own_trials_before(study, number)
-
-
-def cast_params(params: dict[str, Any], genes: dict[str, GeneSpec]) -> dict[str, Any]:
-    """Give int genes Python ints and choice genes their names, as Optuna's distributions expect."""
-    return {key: decode(encode(value, genes[key]), genes[key]) for key, value in params.items()}
 
 
 class GeneticSampler(BaseSampler):
@@ -321,63 +304,6 @@ def completed_trials(study: Study) -> list[FrozenTrial]:
     """Completed trials with a finite value, in trial order."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [trial for trial in completed if trial.value is not None and np.isfinite(trial.value)]
-
-
-class PerChildSeededSampler(BaseSampler):
-    """Wraps an Optuna sampler: a fresh delegate per child, seeded from (seed, child index); child 0 = base hyp.
-
-    One seeded sampler per worker would make every worker draw the same sequence; a time seed would make
-    runs irreproducible. TPE, random and CMA-ES keep no state between trials outside the study, so a fresh
-    instance per trial loses nothing; GP keeps only a warm start for its kernel fit, which a fresh one refits.
-    """
-
-    def __init__(self, make_delegate: Callable[[int], BaseSampler], space: SearchSpace, seed: int = 0) -> None:
-        self.make_delegate = make_delegate
-        self.space = space
-        self.seed = seed
-        self.lineage: dict[int, dict[str, Any]] = {}
-        self._delegates: dict[int, BaseSampler] = {}
-
-    def delegate(self, trial: FrozenTrial) -> BaseSampler:
-        if trial.number not in self._delegates:
-            self._delegates[trial.number] = self.make_delegate(child_seed(self.seed, trial.number))
-        return self._delegates[trial.number]
-
-    def is_base(self, study: Study, trial: FrozenTrial) -> bool:
-        if trial.number not in self.lineage:
-            self.lineage[trial.number] = {"base": is_base_child(study, trial.number), "parents": []}
-        return self.lineage[trial.number]["base"]
-
-    def base_value(self, study: Study, trial: FrozenTrial, name: str) -> Any | None:
-        if not self.is_base(study, trial):
-            return None
-        return cast_params({name: self.space.base_hyp[name]}, self.space.genes)[name]
-
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.delegate(trial).infer_relative_search_space(study, trial)
-
-    def sample_relative(
-        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        if search_space and self.is_base(study, trial):
-            return {name: self.base_value(study, trial, name) for name in search_space if name in self.space.genes}
-        return self.delegate(trial).sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
-    ) -> Any:
-        value = self.base_value(study, trial, param_name) if param_name in self.space.genes else None
-        if value is not None:
-            return value
-        return self.delegate(trial).sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self.delegate(trial).before_trial(study, trial)
-
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        delegate = self._delegates.pop(trial.number, None)
-        if delegate is not None:
-            delegate.after_trial(study, trial, state, values)
 
 
 def build_sampler(
