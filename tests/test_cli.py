@@ -119,6 +119,13 @@ def test_train_options_split_along_their_seams():
     assert options.with_outputs(save_dir=Path("x")).outputs.save_dir == Path("x") and options.outputs.save_dir is None
 
 
+def test_a_negative_line_thickness_is_refused_before_detection():
+    # cv2 draws a box with a negative thickness filled: the image would be covered, not annotated
+    args = cli.detect_parser().parse_args(["--weights", "w.pt", "--source", "x.jpg", "--line-thickness", "-1"])
+    with pytest.raises(UserError, match="--line-thickness must be at least 1"):
+        cli.check_flags(args)
+
+
 def test_check_flags_rounds_img_up_to_the_stride():
     args = cli.parse_train_args(["--data", "coco128.yaml", "--img", "60"])
     cli.check_flags(args)

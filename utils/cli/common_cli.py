@@ -64,6 +64,8 @@ FLAG_MINIMUMS = (
     ("--min-warmup-iters", "min_warmup_iters", 0, "warmup iterations"),
     ("--coco-max-dets", "coco_max_dets", 1, "detections per image and class"),
     ("--save-period", "save_period", -1, "epochs between epochN.pt checkpoints, -1 for none"),
+    ("--seed", "seed", 0, "the random seed"),
+    ("--line-thickness", "line_thickness", 1, "box thickness in pixels"),
 )
 
 
