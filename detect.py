@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from utils import cli
-from utils.data.sources import is_video, source_files
+from utils.data.sources import is_video, output_stems, source_files
 from utils.device import select_device
 from utils.errors import run_cli
 from utils.evaluation.detector import Detector
@@ -37,10 +37,11 @@ def main(args: argparse.Namespace) -> None:
     )  # fmt: skip
     save_dir = increment_path(Path(args.project) / args.name, args.exist_ok, mkdir=options.saves_anything)
     saved = SavedOutputs()
-    for file_number, path in enumerate(files, 1):
-        for frame in annotate_file(path, detector, save_dir, options):
+    for file_number, (path, stem) in enumerate(zip(files, output_stems(files)), 1):
+        for frame in annotate_file(path, detector, save_dir, options, stem):
             where = f" frame {frame.index}" if is_video(path) else ""
-            print(f"{file_number}/{len(files)} {path}{where}: {frame.report}")
+            renamed = f" (saved as {stem})" if stem != path.stem and frame.index == 0 else ""
+            print(f"{file_number}/{len(files)} {path}{where}: {frame.report}{renamed}")
             saved.add(frame)
     print("\n".join(saved.summary(save_dir, options)))
 

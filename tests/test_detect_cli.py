@@ -15,7 +15,7 @@ from torch import nn
 
 import detect
 from utils import cli
-from utils.data.sources import source_files
+from utils.data.sources import output_stems, source_files
 from utils.errors import UserError
 from utils.evaluation.detector import Detector
 from utils.evaluation.label_txt import write_label_txt
@@ -46,6 +46,29 @@ def test_source_files_from_file_folder_and_glob(tmp_path: Path) -> None:
     assert [path.name for path in source_files(str(tmp_path))] == ["a.jpg", "c.mp4", "b.png"]
     assert [path.name for path in source_files(str(tmp_path / "*.jpg"))] == ["a.jpg"]
     assert source_files(str(tmp_path / "c.mp4")) == [tmp_path / "c.mp4"]
+
+
+def test_output_stems_keep_files_with_one_name_apart() -> None:
+    files = [Path("a/x.jpg"), Path("b/x.jpg"), Path("c/X.png"), Path("x_2.jpg"), Path("y.mp4")]
+    assert output_stems(files) == ["x", "x_3", "X_4", "x_2", "y"]  # x_2 is a file's own stem, so never given away
+    assert output_stems([Path("a/x.jpg"), Path("b/x_2.jpg"), Path("c/x.jpg")]) == ["x", "x_2", "x_3"]
+
+
+def test_detect_keeps_the_outputs_of_images_that_share_a_name(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    for folder, grey in (("a", 40), ("b", 200)):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "src" / folder / "x.png"), np.full((64, 96, 3), grey, dtype=np.uint8))
+    arguments = ["--weights", str(tiny_checkpoint), "--img", "128", "--conf-thres", LOW_CONF, "--max-det", "3",
+                 "--project", str(tmp_path / "runs"), "--save-txt", "--device", "cpu"]  # fmt: skip
+    arguments += ["--source", str(tmp_path / "src")]
+    detect.main(cli.detect_parser().parse_args(arguments))
+    run = tmp_path / "runs" / "exp"
+    assert sorted(path.name for path in run.glob("*.png")) == ["x.png", "x_2.png"]
+    assert sorted(path.name for path in (run / "labels").iterdir()) == ["x.txt", "x_2.txt"]
+    first, second = (cv2.imread(str(run / name)) for name in ("x.png", "x_2.png"))
+    assert np.median(first) < 100 < np.median(second)  # a/x.png's copy, then b/x.png's: neither written over
+    assert f"{tmp_path / 'src' / 'b' / 'x.png'}: " in (output := capsys.readouterr().out)
+    assert "(saved as x_2)" in output and "2 labels saved" in output
 
 
 @pytest.mark.parametrize("source", ["missing_folder", "*.nothing", "notes.txt"])

@@ -35,6 +35,24 @@ def source_files(source: str) -> list[Path]:
     return files
 
 
+def output_stems(files: list[Path]) -> list[str]:
+    """The stem each file's outputs are saved under (annotated copy, ``labels/<stem>.txt``, crops): its own, unless an
+    earlier file in the list already has it (``a/x.jpg`` and ``b/x.jpg`` from a folder, or ``x.jpg`` and ``x.png``,
+    whose labels and crops would share names; compared without case, as on case-insensitive disks); then
+    ``<stem>_2``, ``<stem>_3`` and so on, the first that no file in the list takes."""
+    taken = {path.stem.lower() for path in files}
+    used: set[str] = set()
+    stems = []
+    for path in files:
+        stem, number = path.stem, 1
+        while stem.lower() in used or (number > 1 and stem.lower() in taken):
+            number += 1
+            stem = f"{path.stem}_{number}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
 def read_frames(path: Path) -> Iterator[tuple[int, np.ndarray, float]]:
     """(frame index, BGR image, frames per second) for every frame of a video, or the one frame of an image."""
     if path.suffix.lower() in IMAGE_SUFFIXES:

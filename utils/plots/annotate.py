@@ -108,12 +108,16 @@ def draw(
     return image
 
 
-def annotate_file(path: Path, detector: Detector, save_dir: Path, options: AnnotateOptions) -> Iterator[FrameResult]:
+def annotate_file(
+    path: Path, detector: Detector, save_dir: Path, options: AnnotateOptions, name: str | None = None
+) -> Iterator[FrameResult]:
     """Detect on every frame of one image or video and write what ``options`` asks for: the annotated copy
-    (``save_dir/<name>``, videos as ``<stem>.mp4``), ``labels/<stem>.txt`` and ``crops/<class>/<stem>.jpg``, where a
-    video frame's stem is ``<stem>_<frame>``. Yields one ``FrameResult`` per frame."""
+    (``save_dir/<stem><suffix>``, videos as ``<stem>.mp4``), ``labels/<stem>.txt`` and ``crops/<class>/<stem>.jpg``,
+    where ``<stem>`` is ``name`` (default: the file's stem; ``sources.output_stems`` keeps them apart) and a video
+    frame's stem is ``<stem>_<frame>``. Yields one ``FrameResult`` per frame."""
     video = is_video(path)
-    target = save_dir / (f"{path.stem}.mp4" if video else path.name)
+    name = name or path.stem
+    target = save_dir / (f"{name}.mp4" if video else f"{name}{path.suffix}")
     if options.save_image and target.resolve() == path.resolve():
         raise UserError(f"{path} is in the run folder {save_dir}: its annotated copy would overwrite it; "
                         "pick another --project or --name")  # fmt: skip
@@ -132,7 +136,7 @@ def annotate_file(path: Path, detector: Detector, save_dir: Path, options: Annot
                     if writer is None:
                         writer = video_writer(target, fps, image.shape)
                     writer.write(annotated)
-            stem = f"{path.stem}_{frame_index}" if video else path.stem
+            stem = f"{name}_{frame_index}" if video else name
             label_file = save_dir / "labels" / f"{stem}.txt" if options.save_txt else None
             if label_file is not None:
                 write_label_txt(label_file, detections, image.shape, options.save_conf)
