@@ -102,6 +102,21 @@ def test_a_run_recorded_before_cpu_fast_resumes_in_float32(tmp_path, recorded: d
     assert args.cpu_fast is expected and args.epochs == 3
 
 
+def test_options_given_with_resume_are_named_as_ignored(tmp_path, caplog) -> None:
+    """yolov5's --resume takes every option from the run; a flag typed with it is named in a warning, not dropped
+    silently. --device applies, and a flag equal to the run's own value changes nothing."""
+    recorded = {**vars(cli.parse_train_args([])), "epochs": 3, "cpu_fast": True, "batch_size": 8}
+    flags = ["--resume", "--epochs", "5", "--no-cpu-fast", "--device", "cpu", "--batch-size", "8"]
+    with caplog.at_level("WARNING"):
+        args = cli.resumed_args(cli.parse_train_args(flags), tmp_path / "last.pt", recorded)
+    assert (args.epochs, args.cpu_fast, args.batch_size, args.device) == (3, True, 8, "cpu")
+    assert caplog.messages == [f"--resume continues {tmp_path / 'last.pt'} with its own options; ignored: --epochs, "
+                               "--no-cpu-fast"]  # fmt: skip
+    caplog.clear()
+    cli.resumed_args(cli.parse_train_args(["--resume"]), tmp_path / "last.pt", recorded)
+    assert not caplog.messages
+
+
 def test_the_final_best_pt_table_is_float32_on_a_cpu(tmp_path, monkeypatch) -> None:
     """--cpu-fast validates each epoch in bf16, but the best.pt table that ends a run is float32, as val.py's."""
     from types import SimpleNamespace

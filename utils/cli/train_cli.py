@@ -4,6 +4,7 @@ and evolution ``TrainingJob`` they build."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ from utils.training.hyp import DEFAULT_HYP, read_hyp_file
 from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, frozen_layer_indices, optimizer_name
 from utils.training.options import DistributedOptions, OutputOptions, TrainOptions
 from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
+
+LOGGER = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from utils.evolution.training_objective import TrainingJob
@@ -203,9 +206,25 @@ def recorded_options(args: argparse.Namespace) -> dict:
 RECORDED_SINCE = {"cpu_fast": False}
 
 
+# Options a resumed run takes from the command line rather than from its checkpoint.
+RESUME_OWN = ("resume", "device")
+
+
 def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict) -> argparse.Namespace:
-    """The original run's options (recorded in its checkpoint), continuing from ``checkpoint_path``."""
+    """The original run's options (recorded in its checkpoint), continuing from ``checkpoint_path``. As in yolov5,
+    options given with ``--resume`` (other than ``--device``) do not apply; a warning names those that would have
+    changed something."""
     restored = argparse.Namespace(**{**vars(args), **RECORDED_SINCE, **recorded})
+    parser = train_parser()
+    defaults, flags = vars(parser.parse_args([])), {}
+    for action in parser._actions:  # the flag a user types for each option (the last: --no-cpu-fast)
+        flags[action.dest] = action.option_strings[-1] if action.option_strings else None
+    ignored = [
+        flags[key] for key, value in vars(args).items()
+        if flags.get(key) and key not in RESUME_OWN and value != defaults[key] and value != vars(restored)[key]
+    ]  # fmt: skip
+    if ignored:
+        LOGGER.warning(f"--resume continues {checkpoint_path} with its own options; ignored: {', '.join(ignored)}")
     restored.resume = str(checkpoint_path)
     restored.device = args.device or restored.device
     restored.weights = ""  # the resumed state replaces every weight; the original file may be gone
