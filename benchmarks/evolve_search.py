@@ -151,10 +151,12 @@ def confirmed_curve(true: list[float], noisy: list[float], shape: str, seed: int
     return curve
 
 
-def search(sampler_name: str, shape: str, seed: int, children: int) -> tuple[list[float], float, list[float]]:
+def search(
+    sampler_name: str, shape: str, seed: int, children: int
+) -> tuple[list[float], float, list[float], list[float]]:
     """One evolution of ``children`` children; returns the true fitness of the noisily-best child after each k
-    (k = 1..children), the seconds the sampler spent per child, and the true fitness of the confirmed winner after
-    each k."""
+    (k = 1..children), the seconds the sampler spent per child, the true fitness of the confirmed winner after each
+    k, and the best true fitness among the first k children (what the search found, whatever the pick)."""
     quiet_optuna()
     sampler = make_sampler(sampler_name, seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -180,13 +182,13 @@ def search(sampler_name: str, shape: str, seed: int, children: int) -> tuple[lis
         if noisy > best_noisy:
             best_noisy, best_true = noisy, true
         curve.append(best_true)
-    return curve, spent / children, confirmed_curve(trues, noisies, shape, seed)
+    return curve, spent / children, confirmed_curve(trues, noisies, shape, seed), np.maximum.accumulate(trues).tolist()
 
 
-def run_job(job: tuple[str, str, int, int]) -> tuple[str, str, int, list[float], float, list[float]]:
+def run_job(job: tuple[str, str, int, int]) -> tuple[str, str, int, list[float], float, list[float], list[float]]:
     sampler, shape, seed, children = job
-    curve, seconds, confirmed = search(sampler, shape, child_seed(seed, 0), children)
-    return sampler, shape, seed, curve, seconds, confirmed
+    curve, seconds, confirmed, found = search(sampler, shape, child_seed(seed, 0), children)
+    return sampler, shape, seed, curve, seconds, confirmed, found
 
 
 def cell(values: np.ndarray) -> str:
@@ -245,6 +247,7 @@ def main() -> None:
                 jobs.append((sampler, shape, seed, min(args.children, args.gp_children) if gp else args.children))
     results: dict[tuple[str, str], list[list[float]]] = {}
     confirmed: dict[tuple[str, str], list[list[float]]] = {}
+    found: dict[tuple[str, str], list[list[float]]] = {}
     seconds: dict[str, list[float]] = {}
     if args.load:
         finished = [json.loads(line) for path in args.load for line in path.read_text().splitlines() if line.strip()]
@@ -257,12 +260,13 @@ def main() -> None:
                 if args.save:
                     with args.save.open("a") as file:
                         file.write(json.dumps(run) + "\n")
-    for sampler, shape, _seed, curve, spent, *rest in finished:  # runs saved before the confirmed curve: 5 fields
+    # Older saved runs have 5 fields (before the confirmed curve) or 6 (before the best true fitness found).
+    for sampler, shape, _seed, curve, spent, *rest in finished:
         if shape in shapes:
             results.setdefault((sampler, shape), []).append(curve)
             seconds.setdefault(sampler, []).append(spent)
-            if rest:
-                confirmed.setdefault((sampler, shape), []).append(rest[0])
+            for table, extra in zip((confirmed, found), rest):
+                table.setdefault((sampler, shape), []).append(extra)
     print_tables(results, shapes, samplers, budgets)
     if confirmed:
         print(
@@ -271,6 +275,12 @@ def main() -> None:
             "children)"
         )
         print_tables(confirmed, shapes, samplers, budgets)
+    if found:
+        print(
+            "\nbest child found (the best true fitness among the first k children, whatever the pick: a low cell "
+            "here is the search's fault, a cell far above the first table's is the pick's)"
+        )
+        print_tables(found, shapes, samplers, budgets)
     print("\nsampler seconds per child (median over runs): " + ", ".join(
         f"{sampler} {np.median(seconds[sampler]):.3f}" for sampler in samplers
     ))  # fmt: skip
