@@ -210,6 +210,20 @@ def test_bare_resume_says_which_run_it_picked(tmp_path, caplog):
     assert picked.parent.parent.name == "exp2" and str(picked) in caplog.text
 
 
+def test_resume_refuses_a_checkpoint_outside_a_run_folder_and_touches_nothing(tmp_path):
+    """A run resumes in <run>/weights/..'s folder: a checkpoint elsewhere would make its grandparent the run folder
+    and rewrite the hyp.yaml, opt.yaml and results.csv a user keeps there."""
+    (folder := tmp_path / "mine" / "ck").mkdir(parents=True)
+    (tmp_path / "mine" / "hyp.yaml").write_text("my notes\n")
+    (folder / "ckpt.pt").write_bytes(b"x")
+    before = snapshot(tmp_path)
+    result = run_script("train.py", "--resume", str(folder / "ckpt.pt"), "--device", "cpu")
+    assert_one_error_line(result, f"--resume {folder / 'ckpt.pt'}: ", "must be <run>/weights/<file>.pt")
+    missing = tmp_path / "nope" / "weights" / "last.pt"  # the run folder's lock was taken before the file was checked
+    assert_one_error_line(run_script("train.py", "--resume", str(missing)), str(missing), "no such checkpoint file")
+    assert snapshot(tmp_path) == before
+
+
 # --- 5. no traceback for user input --------------------------------------------------------------------------------
 
 

@@ -32,7 +32,15 @@ class TrainJob:
 def resume_checkpoint_path(resume: str | bool, runs_root: Path) -> Path:
     """The checkpoint ``--resume`` names, or for a bare ``--resume`` the newest ``runs_root/*/weights/last.pt``."""
     if isinstance(resume, str):
-        return Path(resume)
+        path = Path(resume)
+        if not path.is_file():
+            raise UserError(f"--resume {path}: no such checkpoint file")
+        if path.parent.name != "weights":
+            # The run continues in the checkpoint's run folder (yolov5: <run>/weights/last.pt); any other place
+            # would make that folder the grandparent, and its hyp.yaml, opt.yaml and results.csv would be rewritten.
+            raise UserError(f"--resume {path}: a run resumes in its own folder, so the checkpoint must be "
+                            "<run>/weights/<file>.pt; copy it into a run's weights/ folder first")  # fmt: skip
+        return path
     candidates = sorted(runs_root.glob("*/weights/last.pt"), key=lambda path: path.stat().st_mtime)
     if not candidates:
         raise UserError(f"--resume: no {runs_root}/*/weights/last.pt found to resume; pass the checkpoint path")
