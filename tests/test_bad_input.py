@@ -99,8 +99,31 @@ def test_generate_fills_an_empty_folder_and_replaces_its_own_stale_copy(tmp_path
     config = load_data_config(generated_data_yaml(tmp_path, str(root)))
     assert len(config.image_files("train")) == 4 and (root / STAMP_FILE).is_file()
     (root / STAMP_FILE).write_text('{"version": 0}\n')  # our stamp, an older generator: ours to replace
+    # what training adds (the label cache, --cache disk arrays, a write a kill interrupted) is ours to replace too
+    for made in ("labels/train.cache", "images/train/000000.64.npy", "labels/.train.cache.k3j_9x0a.tmp"):
+        (root / made).write_bytes(b"x")
     config = load_data_config(generated_data_yaml(tmp_path, str(root)))
     assert len(config.image_files("val")) == 2 and '"version": 0' not in (root / STAMP_FILE).read_text()
+    assert not (root / "images" / "train" / "000000.64.npy").exists()
+
+
+@pytest.mark.parametrize("added", ["NOTES.md", "images/train/my_photo.jpg", "labels/train/my_photo.txt", "extra/a.txt"])
+def test_generate_keeps_a_stamped_folder_that_holds_the_users_files(tmp_path, added):
+    """Regenerating replaces the whole folder: a file a user added to a generated dataset (their own image and
+    label, notes) makes the stale copy theirs as well, and it is refused, naming the file."""
+    from utils.data.config import load_data_config
+    from utils.data.synthetic import STAMP_FILE
+
+    root = tmp_path / "generated"
+    load_data_config(generated_data_yaml(tmp_path, str(root)))
+    (root / added).parent.mkdir(parents=True, exist_ok=True)
+    (root / added).write_text("mine\n")
+    (root / STAMP_FILE).write_text('{"version": 0}\n')  # stale: the next load would regenerate
+    before = snapshot(root)
+    with pytest.raises(UserError) as error:
+        load_data_config(generated_data_yaml(tmp_path, str(root)))
+    assert str(root) in str(error.value) and f"such as {added}" in str(error.value)
+    assert snapshot(root) == before
 
 
 def test_train_cli_keeps_the_users_folder(tmp_path, users_dataset):

@@ -131,10 +131,16 @@ def test_generate_key_builds_missing_or_stale_dataset_once(tmp_path: Path) -> No
     assert marker.exists()
     stamp = config.root / "generated.json"
     stamp.write_text(stamp.read_text().replace('"version"', '"old_version"'))  # an older generator made it
+    with pytest.raises(UserError, match="such as images/train/marker.txt"):  # regenerating would delete it
+        load_data_config(_write_yaml(tmp_path, content))
+    assert marker.exists()
+    marker.unlink()
     config = load_data_config(_write_yaml(tmp_path, content))
-    assert not marker.exists() and len(config.image_files("train")) == 3
+    assert len(config.image_files("train")) == 3 and "old_version" not in stamp.read_text()
     with pytest.raises(UserError, match="key 'generate'"):
         load_data_config(_write_yaml(tmp_path, {**content, "path": "other", "generate": {"code": "rm -rf /"}}))
+    with pytest.raises(UserError, match="generate img_size must be at least 32, got 0"):
+        load_data_config(_write_yaml(tmp_path, {**content, "path": "other", "generate": {"img_size": 0}}))
 
 
 @pytest.fixture()

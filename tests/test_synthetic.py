@@ -27,9 +27,9 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
 
 def test_generation_replaces_an_existing_folder_atomically(tmp_path: Path) -> None:
     root = generate_dataset(tmp_path / "d", seed=0, num_train=3, num_val=1, img_size=64)
-    (root / "stale.txt").write_text("old")
+    (root / "labels" / "train.cache").write_text("old")  # training's label cache: the generator's to replace
     generate_dataset(root, seed=0, num_train=2, num_val=1, img_size=64)
-    assert not (root / "stale.txt").exists() and len(list((root / "images" / "train").iterdir())) == 2
+    assert not (root / "labels" / "train.cache").exists() and len(list((root / "images" / "train").iterdir())) == 2
     assert [path.name for path in tmp_path.iterdir()] == ["d"]  # no staging folder left behind
 
 

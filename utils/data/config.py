@@ -18,6 +18,7 @@ from utils.errors import UserError
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 SPLIT_NAMES = ("train", "val", "test")
 DATA_FOLDER = Path(__file__).resolve().parents[2] / "data"
+GENERATE_MIN_SIZE = 32  # the shapes generator's smallest image (its objects need room)
 GENERATE_KEYS = {"seed", "train", "val", "img_size"}
 # train.py options a data yaml may recommend under ``defaults:`` (used only where the command line is silent)
 TRAIN_DEFAULT_TYPES = {"hyp": str, "optimizer": str, "epochs": int, "nbs": int, "close_mosaic": int}
@@ -184,6 +185,10 @@ def _generate(options: object, root: Path, yaml_path: Path) -> None:
         raise UserError(f"{yaml_path}: key 'generate' must be a mapping with keys from {sorted(GENERATE_KEYS)}")
     if not all(isinstance(value, int) and value >= 0 for value in options.values()):
         raise UserError(f"{yaml_path}: key 'generate' values must be non-negative integers")
+    if options.get("img_size", GENERATE_MIN_SIZE) < GENERATE_MIN_SIZE:
+        raise UserError(
+            f"{yaml_path}: generate img_size must be at least {GENERATE_MIN_SIZE}, got {options['img_size']}"
+        )
     arguments = {
         "seed": options.get("seed", 0),
         "num_train": options.get("train", 400),

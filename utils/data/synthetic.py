@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -344,17 +345,47 @@ def generate_dataset(
     return root
 
 
+# What a generated dataset holds: the stamp, the images and labels, and what training adds (the label cache, the
+# ``--cache disk`` arrays); and leftovers of an interrupted atomic write of one of those (``.<name>.<8 chars>.tmp``).
+GENERATED_FILE = re.compile(
+    rf"{re.escape(STAMP_FILE)}|images/[^/]+/\d+\.jpg|images/[^/]+/\d+\.\d+\.npy|labels/[^/]+/\d+\.txt|labels/[^/]+\.cache"
+)
+INTERRUPTED_WRITE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|npy)")
+
+
+def foreign_files(root: Path) -> list[Path]:
+    """Files below a stamped dataset folder that the generator and training did not write (a user's notes, their own
+    images or labels): regeneration, which replaces the whole folder, must not delete them."""
+    foreign = []
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        interrupted = INTERRUPTED_WRITE.fullmatch(path.name)
+        name = interrupted["name"] if interrupted else path.name
+        if path.is_symlink() or not GENERATED_FILE.fullmatch((path.parent / name).relative_to(root).as_posix()):
+            foreign.append(path)
+    return foreign
+
+
 def check_replaceable(root: Path, hint: str = "use a new or empty folder") -> None:
     """Raise ``UserError`` unless ``root`` is absent, an empty folder, or a dataset this generator stamped.
 
-    A folder without our stamp may be the user's own dataset: it is never deleted, whatever a data yaml says.
+    A folder without our stamp may be the user's own dataset: it is never deleted, whatever a data yaml says; nor is
+    a stamped one that holds files the generator did not make (``foreign_files``).
     """
     if not root.exists() and not root.is_symlink():
         return
     if root.is_dir() and not root.is_symlink():
-        if (root / STAMP_FILE).is_file() or not any(root.iterdir()):
+        if not any(root.iterdir()):
+            return
+        foreign = foreign_files(root) if (root / STAMP_FILE).is_file() else []
+        if (root / STAMP_FILE).is_file() and not foreign:
             return
         reason = f"it holds files the shapes generator did not make (no {STAMP_FILE})"
+        if foreign:
+            example = foreign[0].relative_to(root).as_posix()
+            reason = (f"it holds {len(foreign)} file(s) the shapes generator did not make, such as {example} "
+                      "(regenerating replaces the whole folder)")  # fmt: skip
     else:
         reason = "it is a file or a link, not a folder the shapes generator made"
     raise UserError(f"refusing to replace {root} with generated data: {reason}; {hint}")
