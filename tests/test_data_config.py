@@ -176,6 +176,20 @@ def test_download_zip_over_loopback_http(http_root: tuple[str, Path], tmp_path: 
     assert (tmp_path / "datasets" / "remote" / "labels" / "train" / "a.txt").is_file()
 
 
+def test_download_never_overwrites_a_file_already_there(http_root, tmp_path: Path, capsys) -> None:
+    """The images are missing, so the zip is fetched; the label the user corrected meanwhile is kept."""
+    url, folder = http_root
+    _zip_dataset(folder / "remote.zip")
+    corrected = tmp_path / "datasets" / "remote" / "labels" / "train" / "a.txt"
+    corrected.parent.mkdir(parents=True)
+    corrected.write_text("3 0.5 0.5 0.2 0.2\n")
+    content = {"path": "datasets/remote", "train": "images/train", "val": "images/train", "names": ["a"] * 4}
+    config = load_data_config(_write_yaml(tmp_path, {**content, "download": f"{url}/remote.zip"}))
+    assert [p.name for p in config.image_files("train")] == ["a.jpg"]
+    assert corrected.read_text() == "3 0.5 0.5 0.2 0.2\n"
+    assert "kept 1 existing file(s) that the zip also holds (never overwritten)" in capsys.readouterr().out
+
+
 def test_zip_slip_entry_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "evil.zip"
     _zip_dataset(archive, extra_entry="../../escaped.txt")

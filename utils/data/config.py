@@ -219,8 +219,11 @@ def _check_download_url(url: object, yaml_path: Path) -> str:
     return url
 
 
-def extract_zip(archive: Path, target: Path) -> None:
-    """Extract ``archive`` into ``target``, refusing any entry that would land outside it (zip-slip) or is a link."""
+def extract_zip(archive: Path, target: Path) -> int:
+    """Extract ``archive`` into ``target``, refusing any entry that would land outside it (zip-slip) or is a link.
+
+    A file that already exists is kept, never overwritten (a label the user corrected in a half-downloaded dataset);
+    returns how many entries were skipped so."""
     target = target.resolve()
     try:
         with zipfile.ZipFile(archive) as zipped:
@@ -229,7 +232,13 @@ def extract_zip(archive: Path, target: Path) -> None:
                 is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
                 if is_link or not destination.is_relative_to(target):
                     raise UserError(f"{archive}: refusing zip entry {info.filename!r}, which escapes {target}")
-            zipped.extractall(target)
+            kept = 0
+            for info in zipped.infolist():
+                if not info.is_dir() and (target / info.filename).exists():
+                    kept += 1
+                    continue
+                zipped.extract(info, target)
+            return kept
     except zipfile.BadZipFile:
         raise UserError(f"{archive}: not a valid zip file") from None
 
@@ -250,7 +259,9 @@ def download_zip(url: object, target: Path, yaml_path: Path) -> None:
                 f"{yaml_path}: download of {url} failed ({error}); offline, unzip {name} into {target} yourself, "
                 "point 'download' at a file:// URL, or train on the built-in data with --data shapes.yaml"
             ) from None
-        extract_zip(archive, target)
+        kept = extract_zip(archive, target)
+        if kept:
+            print(f"{target}: kept {kept} existing file(s) that the zip also holds (never overwritten)")
 
 
 def list_images(sources: list[Path], root: Path) -> list[Path]:
