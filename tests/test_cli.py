@@ -126,6 +126,34 @@ def test_a_negative_line_thickness_is_refused_before_detection():
         cli.check_flags(args)
 
 
+@pytest.mark.parametrize(
+    ("parser", "flags", "message"),
+    [
+        ("val", ["--conf-thres", "2"], "--conf-thres must be in [0, 1], got 2.0"),
+        ("val", ["--iou-thres", "nan"], "--iou-thres must be a finite number, got nan"),
+        ("detect", ["--iou-thres", "-0.5"], "--iou-thres must be in [0, 1], got -0.5"),
+        ("train", ["--label-smoothing", "nan"], "--label-smoothing must be a finite number, got nan"),
+        ("train", ["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
+        ("train", ["--lr-gamma", "inf"], "--lr-gamma must be a finite number, got inf"),
+    ],
+)
+def test_fraction_and_non_finite_flags_are_refused_naming_the_flag(parser, flags, message):
+    """argparse's float() takes "nan" and "inf"; the thresholds were a ValueError traceback, a nan label smoothing
+    a "loss became nan" error that never named the flag."""
+    required = {"val": ["--weights", "w.pt"], "detect": ["--weights", "w.pt", "--source", "x.jpg"], "train": []}
+    args = getattr(cli, f"{parser}_parser")().parse_args([*required[parser], *flags])
+    with pytest.raises(UserError) as error:
+        cli.check_flags(args)
+    assert str(error.value) == message
+
+
+def test_a_non_finite_fitness_weight_is_refused_before_any_training():
+    # it was taken, and every child of an evolution then failed with "fitness is nan" after training in full
+    args = cli.parse_train_args(["--fitness", "mAP50=nan", "--evolve", "2"])
+    with pytest.raises(UserError, match="fitness weight for 'mAP50' must be a finite number, got 'nan'"):
+        cli.build_train_options(args, torch.device("cpu"))
+
+
 def test_check_flags_rounds_img_up_to_the_stride():
     args = cli.parse_train_args(["--data", "coco128.yaml", "--img", "60"])
     cli.check_flags(args)

@@ -69,13 +69,28 @@ FLAG_MINIMUMS = (
 )
 
 
+# (flag, attribute, range as text, test): fractions.
+FLAG_RANGES = (
+    ("--conf-thres", "conf_thres", "in [0, 1]", lambda value: 0 <= value <= 1),
+    ("--iou-thres", "iou_thres", "in [0, 1]", lambda value: 0 <= value <= 1),
+    ("--label-smoothing", "label_smoothing", "in [0, 1)", lambda value: 0 <= value < 1),
+)
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse a numeric flag out of its range, naming the flag, before any file is read or any data is scanned;
     then round --img up to a multiple of the largest stride, as yolov5 does."""
+    for attribute, value in vars(args).items():  # argparse's float() takes "nan" and "inf"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{attribute.replace('_', '-')} must be a finite number, got {value}")
     for flag, attribute, minimum, meaning in FLAG_MINIMUMS:
         value = getattr(args, attribute, None)
         if value is not None and value < minimum:
             raise UserError(f"{flag} must be at least {minimum} ({meaning}), got {value}")
+    for flag, attribute, allowed, within in FLAG_RANGES:
+        value = getattr(args, attribute, None)
+        if value is not None and not within(value):
+            raise UserError(f"{flag} must be {allowed}, got {value}")
     args.imgsz = check_img_size(args.imgsz)
 
 

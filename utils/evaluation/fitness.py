@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from utils.errors import UserError
 from utils.evaluation.metrics import MAP50, MAP50_95, METRIC_ALIASES, METRIC_KEYS
 
@@ -41,6 +43,8 @@ def parse_fitness_weights(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             raise UserError(f"fitness weight for {name.strip()!r} is not a number: {value.strip()!r}") from None
+        if not math.isfinite(weight):
+            raise UserError(f"fitness weight for {name.strip()!r} must be a finite number, got {value.strip()!r}")
         full_name = resolve_metric_name(name)
         if full_name in weights:
             raise UserError(f"fitness metric {name.strip()!r} is given twice in {text!r}")
