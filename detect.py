@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from utils import cli
-from utils.data.sources import is_video, output_stems, source_files
+from utils.data.sources import UnreadableSource, is_video, output_stems, source_files
 from utils.device import select_device
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.evaluation.detector import Detector
 from utils.plots.annotate import SavedOutputs, annotate_file
 from utils.run_dir import increment_path
@@ -36,14 +36,22 @@ def main(args: argparse.Namespace) -> None:
         args.classes, args.max_det,
     )  # fmt: skip
     save_dir = increment_path(Path(args.project) / args.name, args.exist_ok, mkdir=options.saves_anything)
-    saved = SavedOutputs()
+    saved, unreadable = SavedOutputs(), 0
     for file_number, (path, stem) in enumerate(zip(files, output_stems(files)), 1):
-        for frame in annotate_file(path, detector, save_dir, options, stem):
-            where = f" frame {frame.index}" if is_video(path) else ""
-            renamed = f" (saved as {stem})" if stem != path.stem and frame.index == 0 else ""
-            print(f"{file_number}/{len(files)} {path}{where}: {frame.report}{renamed}")
-            saved.add(frame)
+        try:
+            for frame in annotate_file(path, detector, save_dir, options, stem):
+                where = f" frame {frame.index}" if is_video(path) else ""
+                renamed = f" (saved as {stem})" if stem != path.stem and frame.index == 0 else ""
+                print(f"{file_number}/{len(files)} {path}{where}: {frame.report}{renamed}")
+                saved.add(frame)
+        except UnreadableSource as error:  # a corrupt file is skipped and counted, as in a dataset scan
+            unreadable += 1
+            print(f"{file_number}/{len(files)} {path}: skipped ({error})")
+    if unreadable == len(files):
+        raise UserError(f"--source {args.source}: none of its {len(files)} file(s) could be read")
     print("\n".join(saved.summary(save_dir, options)))
+    if unreadable:
+        print(f"{unreadable} of {len(files)} file(s) could not be read and were skipped")
 
 
 if __name__ == "__main__":

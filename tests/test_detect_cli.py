@@ -71,6 +71,22 @@ def test_detect_keeps_the_outputs_of_images_that_share_a_name(tiny_checkpoint: P
     assert "(saved as x_2)" in output and "2 labels saved" in output
 
 
+def test_detect_skips_and_counts_a_file_it_cannot_read(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    (source := tmp_path / "src").mkdir()
+    cv2.imwrite(str(source / "a.png"), np.full((64, 96, 3), 90, dtype=np.uint8))
+    (source / "b.jpg").write_bytes(b"GIF89a not a jpeg")  # cv2 cannot decode it: the run went no further
+    cv2.imwrite(str(source / "c.png"), np.full((64, 96, 3), 90, dtype=np.uint8))
+    arguments = ["--weights", str(tiny_checkpoint), "--img", "128", "--project", str(tmp_path / "runs"),
+                 "--device", "cpu", "--source"]  # fmt: skip
+    detect.main(cli.detect_parser().parse_args([*arguments, str(source)]))
+    assert sorted(path.name for path in (tmp_path / "runs" / "exp").iterdir()) == ["a.png", "c.png"]
+    output = capsys.readouterr().out
+    assert f"2/3 {source / 'b.jpg'}: skipped (cannot read image {source / 'b.jpg'})" in output
+    assert "1 of 3 file(s) could not be read and were skipped" in output
+    with pytest.raises(UserError, match="none of its 1 file"):
+        detect.main(cli.detect_parser().parse_args([*arguments, str(source / "b.jpg")]))
+
+
 @pytest.mark.parametrize("source", ["missing_folder", "*.nothing", "notes.txt"])
 def test_source_files_errors_name_the_source(tmp_path: Path, source: str) -> None:
     (tmp_path / "notes.txt").write_text("x")

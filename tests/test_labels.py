@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 import utils.data.labels as labels_module
 from utils.data.labels import label_path, parse_label_file, scan_split
@@ -106,8 +107,9 @@ def _truncated_jpeg(path: Path) -> None:
         (lambda path: path.write_bytes(b""), "unreadable image"),
         (_truncated_jpeg, "truncated JPEG"),
         (lambda path: _write_image(path, (5, 5)), "too small"),
+        (lambda path: Image.new("RGB", (64, 48)).save(path, format="GIF"), "GIF image, which OpenCV cannot decode"),
     ],
-    ids=["garbage", "empty-file", "truncated", "tiny"],
+    ids=["garbage", "empty-file", "truncated", "tiny", "gif-named-jpg"],
 )
 def test_bad_images_are_skipped_with_reason(tmp_path: Path, damage, reason: str) -> None:
     files = _dataset(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": "0 0.5 0.5 0.2 0.2\n"})
@@ -115,6 +117,15 @@ def test_bad_images_are_skipped_with_reason(tmp_path: Path, damage, reason: str)
     split = scan_split(files, num_classes=1, use_cache=False)
     assert split.image_files == [files[0]]
     assert split.report.corrupt == 1 and reason in split.report.reasons[0]
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    # PIL raises DecompressionBombError past twice MAX_IMAGE_PIXELS (about 179 million pixels): it was a traceback
+    files = _dataset(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "huge": "0 0.5 0.5 0.2 0.2\n"})
+    _write_image(files[1], (200, 200))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 = 40,000 pixels: past twice the limit
+    split = scan_split(files, num_classes=1, use_cache=False)
+    assert split.image_files == [files[0]] and "DecompressionBombError" in split.report.reasons[0]
 
 
 def test_scan_counts_and_summary(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from utils.files import write_atomic
 
 MIN_BOX_PIXELS = 2.0  # boxes smaller than this on both sides carry no shape information (AutoAnchor)
 LOGGER = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images OpenCV cannot decode, or past PIL's decompression-bomb limit, are corrupt
+# What OpenCV (the loader) decodes, by PIL's name for the format: a GIF or PCX named .jpg passes PIL but not cv2.
+OPENCV_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000", "MPO"}
 COORDINATE_TOLERANCE = 1e-3  # exporters often write 1.0000001 or -0.0000001
 MIN_IMAGE_SIDE = 10
 REASONS_SHOWN = 5
@@ -86,8 +88,10 @@ def verify_image(path: Path) -> tuple[tuple[int, int] | None, str]:
             width, height = image.size
             image_format = image.format
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return None, f"unreadable image ({type(error).__name__}: {error})"
+    if image_format not in OPENCV_FORMATS:
+        return None, f"{image_format} image, which OpenCV cannot decode"
     if min(width, height) < MIN_IMAGE_SIDE:
         return None, f"image too small ({width}x{height})"
     if image_format == "JPEG":

@@ -15,6 +15,10 @@ from utils.errors import UserError
 VIDEO_SUFFIXES = {".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv", ".webm"}
 
 
+class UnreadableSource(UserError):
+    """An image or video that OpenCV cannot decode: detect.py skips it and counts it."""
+
+
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
@@ -58,12 +62,12 @@ def read_frames(path: Path) -> Iterator[tuple[int, np.ndarray, float]]:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         image = cv2.imread(str(path))
         if image is None:
-            raise UserError(f"cannot read image {path}")
+            raise UnreadableSource(f"cannot read image {path}")
         yield 0, image, 0.0
         return
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise UserError(f"cannot open video {path}")
+        raise UnreadableSource(f"cannot open video {path}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     try:
         index = 0
