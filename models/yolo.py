@@ -219,6 +219,8 @@ def load_model_cfg(cfg: str | Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise UserError(f"malformed model yaml {path}: {str(error).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"malformed model yaml {path}: not UTF-8 text (a binary file?)") from None
     if not isinstance(loaded, dict):
         raise UserError(f"malformed model yaml {path}: expected a mapping at the top level")
     loaded.setdefault("cfg_name", path.stem)

@@ -249,6 +249,41 @@ def test_resume_refuses_a_checkpoint_outside_a_run_folder_and_touches_nothing(tm
 
 # --- 5. no traceback for user input --------------------------------------------------------------------------------
 
+BINARY = b"PK\x03\x04\x80\x81\xfe\xff binary, as a checkpoint or an image is"
+
+
+@pytest.mark.parametrize("reader", ["hyp", "cfg", "meta", "evolve-from", "image list"])
+def test_a_binary_file_where_text_belongs_is_one_error_naming_it(tmp_path, reader):
+    """A .pt passed as --hyp, --cfg or --meta, a binary --evolve-from, a binary .txt image list: each was a
+    UnicodeDecodeError traceback."""
+    from models.yolo import load_model_cfg
+    from utils.data.config import list_images
+    from utils.evolution import load_meta
+    from utils.evolution.importer import read_evolve_csv
+    from utils.training.hyp import read_hyp_file
+
+    path = tmp_path / {"evolve-from": "evolve.csv", "image list": "train.txt"}.get(reader, "best.pt")
+    path.write_bytes(BINARY)
+    read = {
+        "hyp": lambda: read_hyp_file(path),
+        "cfg": lambda: load_model_cfg(path),
+        "meta": lambda: load_meta(path),
+        "evolve-from": lambda: read_evolve_csv(path, None, set()),
+        "image list": lambda: list_images([path], tmp_path),
+    }[reader]
+    with pytest.raises(UserError, match="not UTF-8 text") as error:
+        read()
+    assert str(path) in str(error.value)
+
+
+def test_a_names_map_with_keys_of_mixed_types_is_one_error(tmp_path):
+    from utils.data.config import load_data_config
+
+    path = tmp_path / "data.yaml"
+    path.write_text("path: .\ntrain: images\nval: images\nnames: {0: circle, ring: 1}\n")
+    with pytest.raises(UserError, match="key 'names' must map the ids 0..1 to names"):
+        load_data_config(path)
+
 
 @pytest.mark.parametrize(
     ("key", "value", "allowed"),
@@ -315,6 +350,10 @@ def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path,
     with pytest.raises(UserError, match="line 5"):  # the library path says the same
         run(synthetic_objective, load_hyp(), load_meta(), 5, run_dir=run_dir, plots=False)
     assert snapshot(run_dir) == before
+    for entry in ('{"note": "merged by hand"}\n', "[1, 2]\n", '"text"\n'):  # JSON, but no journal entry: was a KeyError
+        journal.write_text("".join([*lines[:4], entry, *lines[5:]]))
+        with pytest.raises(UserError, match="line 5 is not a valid journal entry"):
+            run(synthetic_objective, load_hyp(), load_meta(), 5, run_dir=run_dir, plots=False)
 
 
 # --- 5 and 6. flags: one message each, no abbreviations ------------------------------------------------------------

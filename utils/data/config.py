@@ -81,7 +81,7 @@ def _parse_names(content: dict, path: Path) -> list[str]:
         raise UserError(f"{path}: missing key 'names'")
     names = content["names"]
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+        if set(names) != set(range(len(names))):  # keys of mixed types cannot be sorted
             raise UserError(f"{path}: key 'names' must map the ids 0..{len(names) - 1} to names")
         names = [names[index] for index in range(len(names))]
     if not isinstance(names, list) or not names:
@@ -275,7 +275,11 @@ def list_images(sources: list[Path], root: Path) -> list[Path]:
         if source.is_dir():
             files.update(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
         elif source.suffix == ".txt":
-            for line in source.read_text().splitlines():
+            try:
+                lines = source.read_text().splitlines()
+            except UnicodeDecodeError:
+                raise UserError(f"{source}: not a text list of images (not UTF-8 text: a binary file?)") from None
+            for line in lines:
                 line = line.strip()
                 if not line:
                     continue

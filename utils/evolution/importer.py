@@ -29,8 +29,11 @@ def read_evolve_csv(path: Path, space: SearchSpace, meta_keys: set[str]) -> list
     """
     if not path.is_file():
         raise UserError(f"--evolve-from file not found: {path}")
-    with path.open(newline="") as file:
-        rows = [[cell.strip() for cell in row] for row in csv.reader(file) if row]
+    try:
+        with path.open(newline="") as file:
+            rows = [[cell.strip() for cell in row] for row in csv.reader(file) if row]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a csv file (not UTF-8 text: a binary file?)") from None
     if not rows:
         raise UserError(f"{path}: empty file, expected a yolov5 evolve.csv with a header row")
     header = rows[0]

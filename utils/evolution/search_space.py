@@ -151,6 +151,8 @@ def load_meta(path: str | Path = DEFAULT_META) -> dict[str, GeneSpec]:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid yaml ({getattr(error, 'problem', error)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid yaml (not UTF-8 text: a binary file?)") from None
     if not isinstance(content, Mapping) or not content:
         raise UserError(f"{path}: expected a mapping of hyp names to {{gain, low, high}}")
     return {str(key): parse_gene(str(key), entry, str(path)) for key, entry in content.items()}

@@ -49,7 +49,9 @@ def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStor
         backend = JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal))
         try:
             return JournalStorage(backend)  # replays the whole journal
-        except ValueError as error:  # json.JSONDecodeError is a ValueError, as is Optuna's "Invalid log format."
+        # json.JSONDecodeError is a ValueError, as is Optuna's "Invalid log format."; a JSON line that is not a
+        # journal entry ({"note": 1}) is a KeyError or TypeError inside the replay.
+        except (ValueError, KeyError, TypeError) as error:
             raise damaged_journal_error(Path(journal), error) from None
     url = database_url(storage)
     try:
@@ -132,7 +134,8 @@ def name_metric(study: optuna.Study) -> optuna.Study:
 
 
 def damaged_journal_error(journal: Path, error: Exception) -> UserError:
-    """A one-line error naming the journal's first line that is not JSON, and how to go on without losing rows.
+    """A one-line error naming the journal's first line that is not a JSON journal entry (an object with an
+    ``op_code``), and how to go on without losing rows.
 
     Optuna tolerates an unfinished last line (a write cut short); any other bad line stops it reading the study.
     The views are not touched, so evolve.csv still holds every child finished before the damage.
@@ -142,13 +145,16 @@ def damaged_journal_error(journal: Path, error: Exception) -> UserError:
     where = "a line"
     for number, line in enumerate(complete, start=1):
         try:
-            json.loads(line)
+            entry = json.loads(line)
         except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or "op_code" not in entry:
             where = f"line {number}"
             break
     evolve_csv = journal.parent / "evolve.csv"
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return UserError(
-        f"{journal}: {where} is not valid JSON, so the study cannot be read ({str(error).splitlines()[0]}); "
+        f"{journal}: {where} is not a valid journal entry, so the study cannot be read ({reason}); "
         f"delete or repair that line to continue, or start a new --name with --evolve-from {evolve_csv}, "
         "which still holds the finished children"
     )

@@ -122,6 +122,8 @@ def read_hyp_file(path: str | Path = DEFAULT_HYP) -> HypFile:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{resolved}{where}: not valid yaml ({getattr(error, 'problem', error)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{resolved}: not valid yaml (not UTF-8 text: a binary file?)") from None
     if not isinstance(content, dict):
         raise UserError(f"{resolved}: expected a mapping of hyperparameter names to numbers")
     numbers, choices = split_choices(content, source=str(resolved))
