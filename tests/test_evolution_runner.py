@@ -137,7 +137,10 @@ def test_child_context_and_saved_children(tmp_path):
     def recording(hyp, child):
         (child.run_dir / "weights.txt").write_text(str(child.index))
         seen.append((child.index, child.seed, child.hyp == hyp, child.train_seed))
-        return synthetic_metrics(hyp)
+        metrics = synthetic_metrics(hyp)
+        bonus = 0.05 if child.index == 1 else 0.0  # child 1 beats the base, whatever the sampler drew
+        return {**metrics, "metrics/mAP_0.5": metrics["metrics/mAP_0.5"] + bonus,
+                "metrics/mAP_0.5:0.95": metrics["metrics/mAP_0.5:0.95"] + bonus}  # fmt: skip
 
     trust = TrustPlan(confirm=1, confirm_seeds=1)
     run(recording, load_hyp(), load_meta(), 2, run_dir=tmp_path, save_children=True, seed=3, plots=False, trust=trust)

@@ -113,9 +113,30 @@ def test_screened_children_are_reproducible_recorded_and_in_bounds(space):
     screened = [first.lineage[number] for number in numbers]
     assert all(entry["screened"]["pool"] > 100 for entry in screened)
     assert any(entry["parents"] for entry in screened)  # a uniform proposal has no parents
-    assert "screened" not in first.lineage[STARTUP_CHILDREN - 1]  # classic moves before the model has data
+    assert "screened" not in first.lineage[STARTUP_CHILDREN - 1]  # wide mutations of the base before the model
     for hyp in hyps:
         assert all(spec.low <= hyp[key] <= spec.high for key, spec in space.genes.items())
+
+
+def test_the_first_children_are_wide_mutations_of_the_base(space):
+    """Before the model, every child is yolov5's mutation of the base hyp (child 0) at 3x yolov5's step: the same
+    rule as ``mutate(base, sigma=0.6)`` with the child's own random stream, never a mutation of the best child so
+    far, so the first children spread around the base rather than follow the first lucky one."""
+    sampler = build_sampler("ga", space, seed=4)
+    study = evolve(sampler, space, STARTUP_CHILDREN)
+    base = sampler.base_vector()
+    specs = list(space.genes.values())
+    for number in range(1, STARTUP_CHILDREN):
+        assert sampler.lineage[number] == {"base": False, "parents": [0], "startup": True}
+        expected = mutate(base, specs, child_rng(sampler.seed, number), sampler.floor_fraction, sigma=0.6)
+        assert list(study.trials[number].params.values()) == pytest.approx(
+            [float(value) for value in expected]
+        )  # fmt: skip
+    classic = evolve(build_sampler("classic", space, seed=4), space, STARTUP_CHILDREN)
+    spread = {name: np.std([[to_unit(trial.params[key], spec) for key, spec in space.genes.items()]
+                            for trial in made.trials[1:]], axis=0).mean()
+              for name, made in (("ga", study), ("classic", classic))}  # fmt: skip
+    assert spread["ga"] > 1.5 * spread["classic"]
 
 
 def test_a_fresh_sampler_proposes_the_same_child(space):

@@ -38,11 +38,12 @@ from utils.evolution.mutation import (
     to_unit,
 )
 from utils.evolution.search_space import SearchSpace
-from utils.evolution.seeded import PerChildSeededSampler, cast_params, is_base_child
+from utils.evolution.seeded import PerChildSeededSampler, cast_params, is_base_child, own_trials_before
 from utils.evolution.surrogate import GaussianProcess, ParzenScreen, upper_confidence_bound
 
 SAMPLERS = ("ga", "classic", "tpe", "cmaes", "gp", "random")
-STARTUP_CHILDREN = 10  # completed children before the model screens proposals (classic moves until then)
+STARTUP_CHILDREN = 10  # completed children before the model screens proposals (wide mutations of the base until then)
+STARTUP_SIGMA = 0.6  # the step of those first mutations: 3x yolov5's MUTATION_SIGMA
 PARZEN_PROPOSALS = 250  # and TPE-style draws from the density of the best children
 FIT_MAX = 300  # the model's hyperparameters are fitted on at most this many children (spread by child number)
 UCB_BETA = 2.0  # a screened child is the proposal with the highest mean + 2 sd under the model
@@ -126,8 +127,8 @@ class ScreenedGeneticSampler(GeneticSampler):
     """The default ``ga``: yolov5's mutation proposes, a model of the finished children picks what to train.
 
     Until the model knows ``STARTUP_CHILDREN`` children (completed ones, imported rows included; with pruning, see
-    ``observations``, children read at an epoch), children are classic moves
-    (mutations of a fitness-weighted top-5 parent). After that, every ``PROBE_EVERY``-th child (by number) is a
+    ``observations``, children read at an epoch), children are yolov5's mutation of the base hyp at 3x its step
+    (``startup_child``). After that, every ``PROBE_EVERY``-th child (by number) is a
     probe (``probe``), and every other child is the most promising of about 750 proposals by the upper confidence
     bound (mean + ``UCB_BETA`` sd) under a Gaussian-process model (``utils.evolution.surrogate``). The proposals
     (``mutation.genetic_pool``: ``POOL_SHARES`` of ``POOL_SIZE``, drawn in arrays) are genetic moves from the 5
@@ -152,8 +153,10 @@ class ScreenedGeneticSampler(GeneticSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         data = self.observations(study)
-        if not search_space or is_base_child(study, trial.number) or len(data.children) < STARTUP_CHILDREN:
+        if not search_space or is_base_child(study, trial.number):
             return super().sample_relative(study, trial, search_space)
+        if len(data.children) < STARTUP_CHILDREN:
+            return self.startup_child(study, trial.number)
         genes = self.space.genes
         specs = list(genes.values())
         rng = child_rng(self.seed, trial.number)
@@ -187,6 +190,17 @@ class ScreenedGeneticSampler(GeneticSampler):
             "screened": {"pool": len(pool), "predicted": round(float(mean[best]), 5), "sd": round(float(sd[best]), 5)},
         }
         return cast_params(dict(zip(genes, pool[best])), genes)
+
+    def startup_child(self, study: Study, number: int) -> dict[str, Any]:
+        """A child before the model: yolov5's mutation of the base hyp at ``STARTUP_SIGMA``, 3x yolov5's step (the
+        pool's "large" move). yolov5's rule mutates the best children so far, which keeps the first children near
+        the base; wider first moves give the model the spread it learns from (benchmarked in the README)."""
+        genes = self.space.genes
+        rng = child_rng(self.seed, number)
+        child = mutate(self.base_vector(), list(genes.values()), rng, self.floor_fraction, sigma=STARTUP_SIGMA)
+        base = [trial.number for trial in own_trials_before(study, number)[:1]]
+        self.lineage[number] = {"base": False, "parents": base, "startup": True}
+        return cast_params(dict(zip(genes, child)), genes)
 
     def observations(self, study: Study, only: set[int] | None = None) -> Observations:
         """What the model learns from (``fidelity.observations``): the finished children, or with ``only`` those
