@@ -6,7 +6,9 @@ measurement noise, as real children do. For each sampler, shape and seed we reco
 0.6 and the base hyp scores about 0.3 to 0.35, so that figures read like mAP. A second set of tables gives the child
 our evolution hands over by default, its confirmed winner (``--confirm 3 --confirm-seeds 2``): the 3 children with
 the best noisy scores and the base, each scored again with 2 fresh noise draws, the best mean of those fresh scores
-(the base: of all its runs); 8 runs more than k children.
+(the base: of all its runs); 8 runs more than k children. A third gives the best true fitness among the first k
+children, whatever the pick: whether a low figure is the search's fault or the pick's (runs saved before it have
+none; with a mix, that table covers only the newer runs).
 
 Shapes (coordinates u in [0, 1] per key, log10 for log-scale keys; distance is L1 weighted per key):
   separable    each key that matters costs weight * |u - optimum|

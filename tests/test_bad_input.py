@@ -183,6 +183,7 @@ def held_folder(tmp_path):
     """A run folder locked by another live process (as a training run holds its folder); yields (folder, process)."""
     folder = tmp_path / "project" / "busy"
     (folder / "weights").mkdir(parents=True)
+    (folder / "opt.yaml").write_text("epochs: 3\n")  # a train.py run folder
     code = HOLDER.format(root=str(ROOT), folder=str(folder))
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -242,9 +243,32 @@ def test_resume_refuses_a_checkpoint_outside_a_run_folder_and_touches_nothing(tm
     before = snapshot(tmp_path)
     result = run_script("train.py", "--resume", str(folder / "ckpt.pt"), "--device", "cpu")
     assert_one_error_line(result, f"--resume {folder / 'ckpt.pt'}: ", "must be <run>/weights/<file>.pt")
+    (weights := tmp_path / "proj" / "weights").mkdir(parents=True)  # a weights/ folder, but no train.py run's
+    (weights / "last.pt").write_bytes(b"x")
+    (tmp_path / "proj" / "hyp.yaml").write_text("my notes\n")
+    before = snapshot(tmp_path)
+    result = run_script("train.py", "--resume", str(weights / "last.pt"), "--device", "cpu")
+    assert_one_error_line(result, f"{tmp_path / 'proj'} has no opt.yaml, so it is not the folder of a train.py run")
     missing = tmp_path / "nope" / "weights" / "last.pt"  # the run folder's lock was taken before the file was checked
     assert_one_error_line(run_script("train.py", "--resume", str(missing)), str(missing), "no such checkpoint file")
     assert snapshot(tmp_path) == before
+
+
+def test_resume_refuses_a_run_folder_whose_opt_yaml_is_another_runs(tmp_path, monkeypatch):
+    from utils.training import launch
+    from utils.training.hyp import load_hyp
+    from utils.training.launch import resume_state
+
+    options = {"data": "a.yaml", "cfg": "yolov5n.yaml", "epochs": 5}
+    checkpoint = tmp_path / "run" / "weights" / "last.pt"
+    state = {"training_model": {}, "options": options, "epoch": 1, "hyp": load_hyp()}  # what last.pt holds
+    monkeypatch.setattr(launch, "load_checkpoint", lambda path: state if path == checkpoint else None)
+    checkpoint.parent.mkdir(parents=True)
+    (tmp_path / "run" / "opt.yaml").write_text(yaml.safe_dump(options))
+    assert resume_state(checkpoint)[0] == options  # its own opt.yaml: resumed
+    (tmp_path / "run" / "opt.yaml").write_text(yaml.safe_dump({**options, "data": "b.yaml"}))
+    with pytest.raises(UserError, match="is not the opt.yaml of the run in"):
+        resume_state(checkpoint)
 
 
 # --- 5. no traceback for user input --------------------------------------------------------------------------------

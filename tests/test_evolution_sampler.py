@@ -164,4 +164,4 @@ def test_ga_records_its_parent(space):
     study.tell(trial, 0.5)
     assert sampler.lineage.pop(0) == {"base": True, "parents": []}
     trial, _ = ask_child(study, space)
-    assert sampler.lineage.pop(1) == {"base": False, "parents": [0]}
+    assert sampler.lineage.pop(1) == {"base": False, "parents": [0], "startup": True}  # a mutation of the base

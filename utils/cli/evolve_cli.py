@@ -47,7 +47,7 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help=f"stop lagging children early: {', '.join(PRUNERS)} (bare flag: {DEFAULT_PRUNER})",
     )
     group.add_argument("--save-children", action="store_true", help="keep every child's files under children/")
-    parents = "ga's first moves and classic: one fitness-weighted parent (yolov5) or the weighted mean of the top 5"
+    parents = "classic only (ga mutates the base first): one fitness-weighted parent (yolov5) or the top 5's mean"
     group.add_argument("--parent-selection", choices=PARENT_SELECTIONS, default="single", help=parents)
     add_trust_arguments(parser)
     return parser

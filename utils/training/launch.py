@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from utils.errors import UserError
 from utils.run_dir import RunFolderLock, increment_path
 from utils.training.checkpoint import load_checkpoint
@@ -40,6 +42,9 @@ def resume_checkpoint_path(resume: str | bool, runs_root: Path) -> Path:
             # would make that folder the grandparent, and its hyp.yaml, opt.yaml and results.csv would be rewritten.
             raise UserError(f"--resume {path}: a run resumes in its own folder, so the checkpoint must be "
                             "<run>/weights/<file>.pt; copy it into a run's weights/ folder first")  # fmt: skip
+        if not (path.parent.parent / "opt.yaml").is_file():
+            raise UserError(f"--resume {path}: {path.parent.parent} has no opt.yaml, so it is not the folder of a "
+                            "train.py run, and resuming would write into it")  # fmt: skip
         return path
     candidates = sorted(runs_root.glob("*/weights/last.pt"), key=lambda path: path.stat().st_mtime)
     if not candidates:
@@ -54,10 +59,21 @@ def claim_run_to_resume(checkpoint_path: Path) -> RunFolderLock:
 
 
 def resume_state(checkpoint_path: Path) -> tuple[dict, dict[str, float]]:
-    """(the options the run was started with, its hyp), from a last.pt that has epochs left to train."""
+    """(the options the run was started with, its hyp), from a last.pt that has epochs left to train. The run
+    folder's opt.yaml must be this run's (same data, model and epochs): the resumed run rewrites it."""
     checkpoint = load_checkpoint(checkpoint_path)
     if "training_model" not in checkpoint or not checkpoint.get("options"):
         raise UserError(f"--resume: {checkpoint_path} holds no training state (was it saved by train.py?)")
+    opt_yaml = checkpoint_path.parent.parent / "opt.yaml"
+    if opt_yaml.is_file():
+        try:
+            recorded = yaml.safe_load(opt_yaml.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            recorded = None
+        keys = ("data", "cfg", "epochs")
+        if not isinstance(recorded, dict) or any(recorded.get(key) != checkpoint["options"].get(key) for key in keys):
+            raise UserError(f"--resume: {opt_yaml} is not the opt.yaml of the run in {checkpoint_path} (data, cfg or "
+                            "epochs differ): the folder is another run's, and resuming would rewrite it")  # fmt: skip
     if checkpoint["epoch"] + 1 >= checkpoint["options"]["epochs"]:
         raise UserError(f"--resume: {checkpoint_path} already finished all {checkpoint['options']['epochs']} epochs")
     return checkpoint["options"], check_hyp(checkpoint["hyp"], source=f"{checkpoint_path} hyp")
