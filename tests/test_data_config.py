@@ -179,10 +179,11 @@ def test_download_zip_over_loopback_http(http_root: tuple[str, Path], tmp_path: 
 def test_download_never_overwrites_a_file_already_there(http_root, tmp_path: Path, capsys) -> None:
     """The images are missing, so the zip is fetched; the label the user corrected meanwhile is kept."""
     url, folder = http_root
-    _zip_dataset(folder / "remote.zip")
+    _zip_dataset(folder / "remote.zip", extra_entry="remote/README.txt")
     corrected = tmp_path / "datasets" / "remote" / "labels" / "train" / "a.txt"
     corrected.parent.mkdir(parents=True)
     corrected.write_text("3 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "datasets" / "remote" / "README.txt").write_text("escaped")  # the zip's own copy: not counted
     content = {"path": "datasets/remote", "train": "images/train", "val": "images/train", "names": ["a"] * 4}
     config = load_data_config(_write_yaml(tmp_path, {**content, "download": f"{url}/remote.zip"}))
     assert [p.name for p in config.image_files("train")] == ["a.jpg"]

@@ -7,6 +7,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from filelock import FileLock
 
 from utils.errors import UserError
+from utils.files import atomic_path
 
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 SPLIT_NAMES = ("train", "val", "test")
@@ -223,7 +225,7 @@ def extract_zip(archive: Path, target: Path) -> int:
     """Extract ``archive`` into ``target``, refusing any entry that would land outside it (zip-slip) or is a link.
 
     A file that already exists is kept, never overwritten (a label the user corrected in a half-downloaded dataset);
-    returns how many entries were skipped so."""
+    returns how many such files differ from the zip's copy."""
     target = target.resolve()
     try:
         with zipfile.ZipFile(archive) as zipped:
@@ -234,10 +236,17 @@ def extract_zip(archive: Path, target: Path) -> int:
                     raise UserError(f"{archive}: refusing zip entry {info.filename!r}, which escapes {target}")
             kept = 0
             for info in zipped.infolist():
-                if not info.is_dir() and (target / info.filename).exists():
-                    kept += 1
+                destination = target / info.filename
+                if info.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
                     continue
-                zipped.extract(info, target)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if destination.exists():  # counted only where it differs from the zip's copy
+                    kept += zlib.crc32(destination.read_bytes()) != info.CRC
+                    continue
+                # each file appears whole or not at all: a killed extraction leaves no truncated file to be kept
+                with atomic_path(destination) as temporary, zipped.open(info) as source, open(temporary, "wb") as out:
+                    shutil.copyfileobj(source, out)
             return kept
     except zipfile.BadZipFile:
         raise UserError(f"{archive}: not a valid zip file") from None
