@@ -345,26 +345,21 @@ def generate_dataset(
     return root
 
 
-# What a generated dataset holds: the stamp, the images and labels, and what training adds (the label cache, the
-# ``--cache disk`` arrays); and leftovers of an interrupted atomic write of one of those (``.<name>.<8 chars>.tmp``).
-GENERATED_FILE = re.compile(
-    rf"{re.escape(STAMP_FILE)}|images/[^/]+/\d+\.jpg|images/[^/]+/\d+\.\d+\.npy|labels/[^/]+/\d+\.txt|labels/[^/]+\.cache"
-)
+# A generated dataset's files: stamp, images, labels, label cache, --cache disk arrays (and their atomic-write temps)
+GENERATED_FILE = re.compile(rf"{re.escape(STAMP_FILE)}|images/\w+/\d+\.(\d+\.npy|jpg)|labels/\w+(/\d+\.txt|\.cache)")
 INTERRUPTED_WRITE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|npy)")
 
 
 def foreign_files(root: Path) -> list[Path]:
     """Files below a stamped dataset folder that the generator and training did not write (a user's notes, their own
     images or labels): regeneration, which replaces the whole folder, must not delete them."""
-    foreign = []
-    for path in sorted(root.rglob("*")):
-        if path.is_dir() and not path.is_symlink():
-            continue
+
+    def ours(path: Path) -> bool:
         interrupted = INTERRUPTED_WRITE.fullmatch(path.name)
         name = interrupted["name"] if interrupted else path.name
-        if path.is_symlink() or not GENERATED_FILE.fullmatch((path.parent / name).relative_to(root).as_posix()):
-            foreign.append(path)
-    return foreign
+        return bool(GENERATED_FILE.fullmatch((path.parent / name).relative_to(root).as_posix()))
+
+    return [path for path in sorted(root.rglob("*")) if path.is_symlink() or not (path.is_dir() or ours(path))]
 
 
 def check_replaceable(root: Path, hint: str = "use a new or empty folder") -> None:
@@ -376,10 +371,9 @@ def check_replaceable(root: Path, hint: str = "use a new or empty folder") -> No
     if not root.exists() and not root.is_symlink():
         return
     if root.is_dir() and not root.is_symlink():
-        if not any(root.iterdir()):
-            return
-        foreign = foreign_files(root) if (root / STAMP_FILE).is_file() else []
-        if (root / STAMP_FILE).is_file() and not foreign:
+        stamped = (root / STAMP_FILE).is_file()
+        foreign = foreign_files(root) if stamped else []
+        if not any(root.iterdir()) or (stamped and not foreign):
             return
         reason = f"it holds files the shapes generator did not make (no {STAMP_FILE})"
         if foreign:
