@@ -165,6 +165,21 @@ def test_evolve_keeps_an_evolve_csv_it_did_not_write(tmp_path, capsys):
     assert len((run_dir / "evolve.csv").read_text().splitlines()) == 1 + 4
 
 
+def test_evolve_moves_aside_a_folder_with_a_views_name(tmp_path, capsys):
+    """A folder named like a view (evolve.csv/) was an IsADirectoryError after the first child: it moves aside whole."""
+    from utils.evolution import load_meta, run
+    from utils.training.hyp import load_hyp
+
+    run_dir = tmp_path / "evo"
+    (run_dir / "evolve.csv").mkdir(parents=True)
+    (run_dir / "evolve.csv" / "notes.txt").write_text("mine\n")
+    run(synthetic_objective, load_hyp(), load_meta(), 2, run_dir=run_dir, plots=False)
+    assert (run_dir / "evolve.backup.csv" / "notes.txt").read_text() == "mine\n"
+    assert len((run_dir / "evolve.csv").read_text().splitlines()) == 1 + 2
+    out = capsys.readouterr().out
+    assert "kept as evolve.backup.csv" in out and "--evolve-from" not in out
+
+
 # --- 4. a run in use is not resumed ---------------------------------------------------------------------------------
 
 HOLDER = """

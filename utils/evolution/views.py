@@ -106,8 +106,9 @@ class OwnedViews:
     """The view files of one run folder that this evolution wrote, told apart from files it did not write.
 
     Each view's sha256 is recorded in ``.views.json`` after it is written. A view file found with another content
-    (a yolov5 ``evolve.csv`` copied into the folder, a file a user edited) is moved to a free backup name such as
-    ``evolve.backup.csv`` with a console line, never overwritten. Call under the run lock.
+    (a yolov5 ``evolve.csv`` copied into the folder, a file a user edited), or a folder with a view's name, is moved
+    to a free backup name such as ``evolve.backup.csv`` with a console line, never overwritten. Call under the run
+    lock.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -125,15 +126,16 @@ class OwnedViews:
         A file whose bytes equal the ``content`` about to be written is kept in place: nothing would be lost.
         """
         path = self.run_dir / name
-        if not path.is_file():
+        if not os.path.lexists(path):
             return path
-        existing = path.read_bytes()
-        new = content.encode() if isinstance(content, str) else content
-        if self.hashes.get(name) == sha256(existing) or existing == new:
-            return path
-        backup = free_backup_path(path)
+        if path.is_file():
+            existing = path.read_bytes()
+            new = content.encode() if isinstance(content, str) else content
+            if self.hashes.get(name) == sha256(existing) or existing == new:
+                return path
+        backup = free_backup_path(path)  # a folder of that name moves aside too: a view cannot replace it
         os.replace(path, backup)
-        hint = f"; import it with --evolve-from {backup}" if name == CSV_NAME else ""
+        hint = f"; import it with --evolve-from {backup}" if name == CSV_NAME and backup.is_file() else ""
         print(f"evolve: {path} was not written by this evolution: kept as {backup.name}{hint}", flush=True)
         return path
 
@@ -159,7 +161,7 @@ def free_backup_path(path: Path) -> Path:
     number = 1
     while True:
         candidate = path.with_name(f"{path.stem}.backup{number if number > 1 else ''}{path.suffix}")
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             return candidate
         number += 1
 
