@@ -97,3 +97,23 @@ def test_data_yaml_defaults_fill_only_the_options_left_out(tmp_path):
     assert (args.hyp, args.optimizer, args.epochs) == ("x.yaml", "SGD", 3)
     coco = train.parse_args(["--data", "coco128.yaml"])  # yolov5's defaults where the data yaml names none
     assert (Path(coco.hyp).name, coco.optimizer, coco.batch_size) == ("hyp.scratch-low.yaml", "SGD", 16)
+
+
+@pytest.mark.parametrize(
+    ("defaults", "message"),
+    [
+        ("{optimizer: Foo}", "'defaults': unknown optimizer 'Foo'"),
+        ("{close_mosaic: -3}", "'defaults' key 'close_mosaic' (--close-mosaic) must be at least 0"),
+        ("{epochs: 0}", "'defaults' key 'epochs' (--epochs) must be at least 1"),
+    ],
+)
+def test_bad_data_yaml_defaults_are_errors_that_name_the_yaml(tmp_path, defaults, message):
+    """They were refused later, as if the user had typed the flag."""
+    import train
+    from utils.errors import UserError
+
+    data = tmp_path / "d.yaml"
+    data.write_text(f"path: .\ntrain: images\nval: images\nnames: [a]\ndefaults: {defaults}\n")
+    with pytest.raises(UserError) as error:
+        train.parse_args(["--data", str(data)])
+    assert str(error.value).startswith(f"{data}: ") and message in str(error.value)

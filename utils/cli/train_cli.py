@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from utils.cli.common_cli import RUNS, CliParser, StoreGiven, add_run_folder_arguments
+from utils.cli.common_cli import FLAG_MINIMUMS, RUNS, CliParser, StoreGiven, add_run_folder_arguments
 from utils.cli.evolve_cli import add_evolve_arguments, evolution_setup
 from utils.errors import UserError
 from utils.evaluation.fitness import parse_fitness_weights
@@ -122,9 +122,25 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
         return args  # the checkpoint's options win
     defaults = training_defaults(args.data)
     if defaults:
+        check_data_defaults(defaults, args.data)
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
     return args
+
+
+def check_data_defaults(defaults: dict[str, object], data: str) -> None:
+    """A data yaml's ``defaults:`` pass the checks of the flags they stand for, with an error that names the yaml
+    (the user typed none of those flags)."""
+    for flag, attribute, minimum, meaning in FLAG_MINIMUMS:
+        value = defaults.get(attribute)
+        if isinstance(value, int) and value < minimum:
+            raise UserError(f"{data}: 'defaults' key {attribute!r} ({flag}) must be at least {minimum} ({meaning}), "
+                            f"got {value}")  # fmt: skip
+    if "optimizer" in defaults:
+        try:
+            optimizer_name(str(defaults["optimizer"]))
+        except UserError as error:
+            raise UserError(f"{data}: 'defaults': {error}") from None
 
 
 def scheduler_params(args: argparse.Namespace) -> dict:
