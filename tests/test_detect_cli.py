@@ -52,6 +52,10 @@ def test_output_stems_keep_files_with_one_name_apart() -> None:
     files = [Path("a/x.jpg"), Path("b/x.jpg"), Path("c/X.png"), Path("x_2.jpg"), Path("y.mp4")]
     assert output_stems(files) == ["x", "x_3", "X_4", "x_2", "y"]  # x_2 is a file's own stem, so never given away
     assert output_stems([Path("a/x.jpg"), Path("b/x_2.jpg"), Path("c/x.jpg")]) == ["x", "x_2", "x_3"]
+    # A video's frames save as <stem>_<frame>: the video gives up a stem an image's name would read as a frame of.
+    assert output_stems([Path("clip.mp4"), Path("clip_0.jpg")]) == ["clip_2", "clip_0"]
+    assert output_stems([Path("clip.mp4"), Path("x/clip.jpg"), Path("y/clip.jpg")]) == ["clip_3", "clip", "clip_2"]
+    assert output_stems([Path("a.mp4"), Path("b/a.mp4"), Path("c.jpg")]) == ["a", "a_2", "c"]
 
 
 def test_detect_keeps_the_outputs_of_images_that_share_a_name(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -40,21 +40,34 @@ def source_files(source: str) -> list[Path]:
 
 
 def output_stems(files: list[Path]) -> list[str]:
-    """The stem each file's outputs are saved under (annotated copy, ``labels/<stem>.txt``, crops): its own, unless an
-    earlier file in the list already has it (``a/x.jpg`` and ``b/x.jpg`` from a folder, or ``x.jpg`` and ``x.png``,
-    whose labels and crops would share names; compared without case, as on case-insensitive disks); then
-    ``<stem>_2``, ``<stem>_3`` and so on, the first that no file in the list takes."""
+    """The stem each file's outputs are saved under (annotated copy, ``labels/<stem>.txt``, crops): its own, unless
+    another file already has it (``a/x.jpg`` and ``b/x.jpg`` from a folder, or ``x.jpg`` and ``x.png``, whose labels
+    and crops would share names; compared without case, as on case-insensitive disks); then ``<stem>_2``,
+    ``<stem>_3`` and so on, the first that no file in the list takes. Images come first: a video's frames save as
+    ``<stem>_<frame>``, so a video also gives up a stem that an image has, or one that an image's name would read
+    as a frame of (``clip.mp4`` beside ``clip_0.jpg`` saves as ``clip_2``)."""
     taken = {path.stem.lower() for path in files}
+    images = {path.stem.lower() for path in files if not is_video(path)}
+
+    def free(path: Path, stem: str, number: int) -> bool:
+        if stem.lower() in used or (number > 1 and stem.lower() in taken):
+            return False
+        return not is_video(path) or not any(
+            image == stem.lower() or (image.rpartition("_")[0] == stem.lower() and image.rpartition("_")[2].isdigit())
+            for image in images
+        )
+
     used: set[str] = set()
-    stems = []
-    for path in files:
-        stem, number = path.stem, 1
-        while stem.lower() in used or (number > 1 and stem.lower() in taken):
+    stems: dict[int, str] = {}
+    for index in sorted(range(len(files)), key=lambda index: is_video(files[index])):  # stable: images, then videos
+        path, number = files[index], 1
+        stem = path.stem
+        while not free(path, stem, number):
             number += 1
             stem = f"{path.stem}_{number}"
         used.add(stem.lower())
-        stems.append(stem)
-    return stems
+        stems[index] = stem
+    return [stems[index] for index in range(len(files))]
 
 
 def read_frames(path: Path) -> Iterator[tuple[int, np.ndarray, float]]:
