@@ -115,6 +115,9 @@ def test_options_given_with_resume_are_named_as_ignored(tmp_path, caplog) -> Non
     caplog.clear()
     cli.resumed_args(cli.parse_train_args(["--resume"]), tmp_path / "last.pt", recorded)
     assert not caplog.messages
+    # A flag set back to its default (30 epochs, against the run's 3) is named too, by the alias typed.
+    cli.resumed_args(cli.parse_train_args(["--resume", "--epochs=30", "--img", "96"]), tmp_path / "last.pt", recorded)
+    assert caplog.messages[-1].endswith("ignored: --epochs, --img")
 
 
 def test_the_final_best_pt_table_is_float32_on_a_cpu(tmp_path, monkeypatch) -> None:

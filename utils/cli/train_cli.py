@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,8 +119,9 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
 
     parser = train_parser(description)
     args = parser.parse_args(argv)
-    if args.resume:
-        return args  # the checkpoint's options win
+    if args.resume:  # the checkpoint's options win; the warning names the others as typed
+        args.typed_flags = typed_flags(parser, sys.argv[1:] if argv is None else argv)
+        return args
     defaults = training_defaults(args.data)
     if defaults:
         check_data_defaults(defaults, args.data)
@@ -214,6 +216,7 @@ def recorded_options(args: argparse.Namespace) -> dict:
     return {
         key: value if isinstance(value, int | float | str | bool | list | type(None)) else str(value)
         for key, value in vars(args).items()
+        if key != "typed_flags"  # parse_train_args' note of what was typed with --resume, not an option
     }
 
 
@@ -226,18 +229,27 @@ RECORDED_SINCE = {"cpu_fast": False}
 RESUME_OWN = ("resume", "device")
 
 
+def typed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, str]:
+    """The options on a command line by destination, each as typed (``--img`` or ``--imgsz``, ``--no-cpu-fast``)."""
+    typed = {}
+    for token in argv:
+        if token == "--":
+            break
+        option = token.split("=", 1)[0]
+        if option in parser._option_string_actions:
+            typed[parser._option_string_actions[option].dest] = option
+    return typed
+
+
 def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict) -> argparse.Namespace:
     """The original run's options (recorded in its checkpoint), continuing from ``checkpoint_path``. As in yolov5,
-    options given with ``--resume`` (other than ``--device``) do not apply; a warning names those that would have
-    changed something."""
-    restored = argparse.Namespace(**{**vars(args), **RECORDED_SINCE, **recorded})
-    parser = train_parser()
-    defaults, flags = vars(parser.parse_args([])), {}
-    for action in parser._actions:  # the flag a user types for each option (the last: --no-cpu-fast)
-        flags[action.dest] = action.option_strings[-1] if action.option_strings else None
+    options given with ``--resume`` (other than ``--device``) do not apply; a warning names those typed
+    (``parse_train_args`` records them) that would have changed something, a value equal to the default included."""
+    given = {key: value for key, value in vars(args).items() if key != "typed_flags"}
+    restored = argparse.Namespace(**{**given, **RECORDED_SINCE, **recorded})
     ignored = [
-        flags[key] for key, value in vars(args).items()
-        if flags.get(key) and key not in RESUME_OWN and value != defaults[key] and value != vars(restored)[key]
+        flag for key, flag in getattr(args, "typed_flags", {}).items()
+        if key not in RESUME_OWN and given[key] != vars(restored)[key]
     ]  # fmt: skip
     if ignored:
         LOGGER.warning(f"--resume continues {checkpoint_path} with its own options; ignored: {', '.join(ignored)}")
