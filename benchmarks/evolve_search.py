@@ -26,6 +26,11 @@ ask/tell, exactly as the runner drives them, without training.
     python benchmarks/evolve_search.py --seeds 10 --children 300
     python benchmarks/evolve_search.py --seeds 3 --children 100 --shapes interacting --samplers ga,classic
     python benchmarks/evolve_search.py --samplers optuna-gp --save gp.jsonl   # then --load gp.jsonl other.jsonl
+    python benchmarks/evolve_search.py --load a.jsonl b.jsonl --versus classic
+
+The last column of each table is how each run's pick changed between the last two budgets: the median change, how
+many runs rose and fell, and the one-sided Wilcoxon p that they rose. ``--versus NAME`` adds, for every sampler at
+every budget, the chance that one of its runs picks better than one of NAME's, with a one-sided Mann-Whitney p.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from scipy.stats import mannwhitneyu, wilcoxon
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -198,15 +204,23 @@ def cell(values: np.ndarray) -> str:
     return f"{median:.3f} [{low:.3f},{high:.3f}]"
 
 
+def rising(change: np.ndarray) -> str:
+    """How runs changed between two budgets: the median change, how many rose and fell, and the one-sided p of the
+    Wilcoxon signed-rank test that they rose (runs that did not change carry no sign; p 1 when none changed)."""
+    moved = change[change != 0]
+    p = float(wilcoxon(moved, alternative="greater").pvalue) if len(moved) else 1.0
+    return f"{np.median(change):+.3f} up {int((change > 0).sum())} down {int((change < 0).sum())} p={p:.0e}"
+
+
 def print_tables(
     results: dict[tuple[str, str], list[list[float]]], shapes: list[str], samplers: list[str], budgets: list[int]
 ) -> None:
     """Per shape, a row per sampler: the cells at each budget, then how each run's pick changed between the last two
-    budgets (median change over runs, and in how many runs it rose: is the search still improving?)."""
+    budgets (``rising``: is the search still improving?)."""
     last = f"{budgets[-2]}->{budgets[-1]}" if len(budgets) > 1 else ""
     for shape in shapes:
         print(f"\n{shape}")
-        print(f"{'sampler':<14}" + "".join(f"{f'k={k}':>22}" for k in budgets) + f"{last:>18}")
+        print(f"{'sampler':<14}" + "".join(f"{f'k={k}':>22}" for k in budgets) + f"{last:>32}")
         for sampler in samplers:
             curves = results.get((sampler, shape))
             if not curves:
@@ -215,11 +229,39 @@ def print_tables(
                 cell(np.array([curve[k - 1] for curve in curves])) if len(curves[0]) >= k else "-" for k in budgets
             ]
             if last and len(curves[0]) >= budgets[-1]:
-                change = np.array([curve[budgets[-1] - 1] - curve[budgets[-2] - 1] for curve in curves])
-                cells.append(f"{np.median(change):+.3f} up {int((change > 0).sum())}/{len(change)}")
+                cells.append(rising(np.array([curve[budgets[-1] - 1] - curve[budgets[-2] - 1] for curve in curves])))
             print(f"{sampler:<14}" + "".join(f"{text:>22}" for text in cells[: len(budgets)]) + "".join(
-                f"{text:>18}" for text in cells[len(budgets) :]
+                f"{text:>32}" for text in cells[len(budgets) :]
             ))  # fmt: skip
+
+
+def print_versus(
+    results: dict[tuple[str, str], list[list[float]]], shapes: list[str], samplers: list[str], budgets: list[int],
+    other: str,
+) -> None:  # fmt: skip
+    """Per shape, each sampler against ``other`` at each budget: the chance that one of its runs picks a better child
+    than one of ``other``'s (Mann-Whitney U / (n m); 0.5 is a tie, 1 always better) and the one-sided p that it is
+    better. Runs of two samplers share nothing but their seed, so they are compared as independent samples."""
+    print(f"\nagainst {other}: P(a run beats a run of {other}), one-sided Mann-Whitney p")
+    for shape in shapes:
+        theirs = results.get((other, shape))
+        if not theirs:
+            continue
+        print(f"\n{shape}")
+        print(f"{'sampler':<14}" + "".join(f"{f'k={k}':>22}" for k in budgets))
+        for sampler in samplers:
+            ours = results.get((sampler, shape))
+            if sampler == other or not ours:
+                continue
+            cells = []
+            for k in budgets:
+                if len(ours[0]) < k or len(theirs[0]) < k:
+                    cells.append("-")
+                    continue
+                a, b = np.array([curve[k - 1] for curve in ours]), np.array([curve[k - 1] for curve in theirs])
+                test = mannwhitneyu(a, b, alternative="greater")
+                cells.append(f"{test.statistic / (len(a) * len(b)):.2f} p={test.pvalue:.0e}")
+            print(f"{sampler:<14}" + "".join(f"{text:>22}" for text in cells))
 
 
 def main() -> None:
@@ -234,12 +276,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--save", type=Path, default=None, help="append every finished run to this JSON-lines file")
     parser.add_argument("--load", type=Path, nargs="*", default=[], help="print tables from saved runs, run nothing")
+    parser.add_argument("--versus", default=None, help="also compare every sampler with this one (e.g. classic)")
     args = parser.parse_args()
     shapes, samplers = args.shapes.split(","), args.samplers.split(",")
     budgets = [k for k in BUDGETS if k <= args.children] or [args.children]
     base = space().base_hyp
     print("base hyp true fitness: " + ", ".join(f"{shape} {true_fitness(shape, base):.3f}" for shape in shapes))
-    print(f"optimum {OPTIMUM}; noise sd {NOISE_SD}; {len(space().genes)} evolved keys; {args.seeds} seeds")
+    seeds = "seeds as saved" if args.load else f"{args.seeds} seeds"
+    print(f"optimum {OPTIMUM}; noise sd {NOISE_SD}; {len(space().genes)} evolved keys; {seeds}")
     print("cells: median [25th, 75th percentile] of the true fitness of the noisily-best child after k children")
     jobs = []
     for sampler in samplers:
@@ -270,6 +314,8 @@ def main() -> None:
             for table, extra in zip((confirmed, found), rest):
                 table.setdefault((sampler, shape), []).append(extra)
     print_tables(results, shapes, samplers, budgets)
+    if args.versus:
+        print_versus(results, shapes, samplers, budgets, args.versus)
     if confirmed:
         print(
             f"\nconfirmed winner (what the evolution hands over by default: the best mean of {CONFIRM_SEEDS} fresh "

@@ -47,4 +47,19 @@ def test_the_tables_say_how_many_runs_still_improved_between_the_last_two_budget
     rising, flat = [0.4] * 200 + [0.5] * 100, [0.45] * 300
     bench.print_tables({("ga", "noisy"): [rising, flat, flat]}, ["noisy"], ["ga"], [100, 200, 300])
     row = capsys.readouterr().out.splitlines()[-1]
-    assert row.startswith("ga") and row.endswith("+0.000 up 1/3")  # only one run rose between child 200 and 300
+    assert row.startswith("ga") and row.endswith("+0.000 up 1 down 0 p=5e-01")  # one run rose between 200 and 300
+    falling = [0.5] * 200 + [0.45] * 100
+    bench.print_tables({("ga", "noisy"): [falling] * 4 + [rising]}, ["noisy"], ["ga"], [100, 200, 300])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("-0.050 up 1 down 4 p=8e-01")
+    bench.print_tables({("ga", "noisy"): [rising] * 6}, ["noisy"], ["ga"], [100, 200, 300])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("+0.100 up 6 down 0 p=2e-02")  # 1 / 2^6
+
+
+def test_versus_gives_the_chance_that_a_run_beats_a_run_of_the_other_sampler(bench, capsys):
+    better, worse = [[0.5 + i / 100] * 50 for i in range(5)], [[0.4 + i / 100] * 50 for i in range(5)]
+    mixed = [[0.4 + i / 50] * 50 for i in range(5)]  # 0.40 .. 0.48: beats "worse" in 16 of 25 pairs, ties 3
+    results = {("ga", "noisy"): better, ("classic", "noisy"): worse, ("tpe", "noisy"): mixed}
+    bench.print_versus(results, ["noisy"], ["ga", "classic", "tpe"], [50], "classic")
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[-2].split() == ["ga", "1.00", "p=4e-03"]
+    assert rows[-1].split()[:2] == ["tpe", "0.70"]  # (16 + 3 / 2) / 25
