@@ -458,3 +458,30 @@ def test_unreachable_storage_fails_before_the_dataset_is_made(tmp_path):
             "--project", str(tmp_path / "runs"), "--storage", f"postgresql://u@127.0.0.1:{port}/evolve"]  # fmt: skip
     assert_one_error_line(run_script("train.py", *args), f"127.0.0.1:{port}", "cannot reach")
     assert not dataset.exists()
+
+
+# --- out of memory ----------------------------------------------------------------------------------------------
+
+
+def test_running_out_of_memory_is_one_error_line_not_a_traceback(capsys):
+    """``detect.py --img 60000`` ended in OpenCV's allocation error with a traceback; torch's CPU allocator and numpy
+    fail the same way. Any other error still propagates."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from utils.errors import OUT_OF_MEMORY_EXIT_CODE, run_cli
+
+    def cv2_out_of_memory():
+        raise cv2.error(
+            "OpenCV(4.10.0) alloc.cpp:73: error: (-4:Insufficient memory) Failed to allocate 8648460000 bytes"
+        )
+
+    for fail in (cv2_out_of_memory, lambda: torch.empty(10**14), lambda: np.empty(10**15)):
+        assert run_cli(fail) == OUT_OF_MEMORY_EXIT_CODE
+        err = capsys.readouterr().err
+        assert err.startswith("error: out of memory (") and "--img" in err and len(err.splitlines()) == 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(cv2.error):
+        run_cli(lambda: cv2.resize(np.zeros((4, 4, 3), np.uint8), (0, 0)))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 USER_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130
+OUT_OF_MEMORY_EXIT_CODE = 1
 
 
 class UserError(Exception):
@@ -31,4 +32,21 @@ def run_cli(main: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
+    except Exception as error:
+        if not out_of_memory(error):
+            raise
+        print(f"error: out of memory ({one_line(error, 200)}); a smaller --img or --batch-size needs less",
+              file=sys.stderr)  # fmt: skip
+        return OUT_OF_MEMORY_EXIT_CODE
     return 0
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation: Python's (and numpy's) MemoryError, torch's OutOfMemoryError (CUDA)
+    or its CPU allocator's RuntimeError, or OpenCV's "Insufficient memory" (``--img 60000`` in detect.py). Told
+    apart by type name and message: this module imports neither torch nor OpenCV."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    if type(error) is RuntimeError:
+        return "DefaultCPUAllocator: can't allocate memory" in str(error)
+    return type(error).__module__.startswith("cv2") and "Insufficient memory" in str(error)
