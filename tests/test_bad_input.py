@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -393,6 +394,44 @@ def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path,
         journal.write_text("".join([*lines[:4], entry, *lines[5:]]))
         with pytest.raises(UserError, match="line 5 is not a valid journal entry"):
             run(synthetic_objective, load_hyp(), load_meta(), 5, run_dir=run_dir, plots=False)
+
+
+def test_a_journal_write_cut_short_is_set_aside_and_the_evolution_goes_on(tmp_path, capsys):
+    """A last line without its newline (a full disk, a crash mid-write): Optuna skipped it, then appended the next
+    entry onto it (AssertionError, and the journal damaged for good). It is moved aside and cut off."""
+    from utils.evolution import load_meta, run
+    from utils.training.hyp import load_hyp
+
+    run_dir = tmp_path / "evo"
+    first = (  # in a process of its own, which is gone when the rerun comes, as a crashed worker is
+        "from tests.test_bad_input import synthetic_objective\nfrom utils.evolution import load_meta, run\n"
+        "from utils.training.hyp import load_hyp\n"
+        f"run(synthetic_objective, load_hyp(), load_meta(), 2, run_dir={str(run_dir)!r}, plots=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", first], cwd=ROOT, check=True, capture_output=True)
+    journal = run_dir / "study.journal"
+    data = journal.read_bytes()
+    last = data[:-1].rsplit(b"\n", 1)[1]
+    journal.write_bytes(data[: len(data) - 1 - len(last) // 2])
+    tail = last[: len(last) - len(last) // 2]
+    study = run(synthetic_objective, load_hyp(), load_meta(), 3, run_dir=run_dir, plots=False)
+    assert len([trial for trial in study.trials if trial.state.name == "COMPLETE"]) == 3
+    assert (run_dir / "study.journal.unfinished").read_bytes() == tail + b"\n"
+    assert "ended in an unfinished write" in capsys.readouterr().out
+    run(synthetic_objective, load_hyp(), load_meta(), 4, run_dir=run_dir, plots=False)  # the journal reads cleanly
+
+
+def test_a_copied_run_folder_is_refused_instead_of_starting_a_second_study(tmp_path):
+    """Its journal holds the original folder's study: a new study there hid the finished children from the views."""
+    from utils.evolution import load_meta, run
+    from utils.training.hyp import load_hyp
+
+    run(synthetic_objective, load_hyp(), load_meta(), 2, run_dir=tmp_path / "evo1", plots=False)
+    shutil.copytree(tmp_path / "evo1", tmp_path / "evoM")
+    before = snapshot(tmp_path / "evoM")
+    with pytest.raises(UserError, match="holds the evolution 'evo1', not 'evoM'.*--evolve-from"):
+        run(synthetic_objective, load_hyp(), load_meta(), 3, run_dir=tmp_path / "evoM", plots=False)
+    assert snapshot(tmp_path / "evoM") == before
 
 
 # --- 5 and 6. flags: one message each, no abbreviations ------------------------------------------------------------

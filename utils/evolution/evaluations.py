@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children, name_metric
+from utils.evolution.storage import EVALUATIONS_SUFFIX, WORKER_ATTR, Worker, fail_stale_children, name_metric
 
 TASK_ATTR = "task"
 SURPLUS_ATTR = "surplus"
@@ -54,7 +54,7 @@ def evaluation_study(children: optuna.Study) -> optuna.Study:
     """The evaluations study beside ``children``, in the same storage (created on first use)."""
     study = optuna.create_study(
         storage=children._storage,  # the same journal file or database as the children
-        study_name=f"{children.study_name}/evaluations",
+        study_name=f"{children.study_name}{EVALUATIONS_SUFFIX}",
         sampler=optuna.samplers.RandomSampler(),  # never asked for a value: tasks name their hyp
         pruner=optuna.pruners.NopPruner(),  # an evaluation is never pruned: it is a measurement, not a search
         direction="maximize",

@@ -30,6 +30,7 @@ POSTGRES_SCHEMES = {"postgresql", "postgres"}  # without a driver name
 POSTGRES_DRIVER = "postgresql+psycopg2"
 DEFAULT_POSTGRES_PORT = 5432
 HEARTBEAT_ATTR = "heartbeat"
+EVALUATIONS_SUFFIX = "/evaluations"  # the extra evaluations' study: <name>/evaluations
 METRIC_NAME = "fitness"  # what the objective is called in optuna-dashboard and trials_dataframe
 
 
@@ -47,6 +48,7 @@ def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStor
         journal = str(run_dir / JOURNAL_NAME)
         # O_CREAT|O_EXCL lock files are atomic on local disks and NFSv3+, unlike fcntl locks on NFS.
         backend = JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal))
+        cut_unfinished_write(Path(journal))
         try:
             return JournalStorage(backend)  # replays the whole journal
         # json.JSONDecodeError is a ValueError, as is Optuna's "Invalid log format."; a JSON line that is not a
@@ -58,6 +60,46 @@ def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStor
         return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs={"pool_pre_ping": True})
     except Exception as error:  # SQLAlchemy raises many types; the message is what the user needs
         raise UserError(storage_error(storage, url, error)) from None
+
+
+def cut_unfinished_write(journal: Path) -> None:
+    """A journal whose last line has no newline holds a write that was cut short (a full disk, a crash). Optuna
+    skips that line when reading but appends the next entry onto it, which damages the journal for good; so, under
+    the lock every writer holds, the unfinished tail is moved to ``study.journal.unfinished`` (appended: nothing is
+    deleted) and cut off, with a console line. The child it belonged to was never recorded as finished."""
+    if not journal_has_unfinished_tail(journal):
+        return
+    lock = JournalFileOpenLock(str(journal))
+    lock.acquire()
+    try:
+        with open(journal, "r+b") as file:
+            data = file.read()
+            if not data or data.endswith(b"\n"):
+                return  # another process finished or cut it meanwhile
+            keep = data.rfind(b"\n") + 1
+            with open(journal.with_name(journal.name + ".unfinished"), "ab") as aside:
+                aside.write(data[keep:] + b"\n")
+                aside.flush()
+                os.fsync(aside.fileno())
+            file.truncate(keep)
+            file.flush()
+            os.fsync(file.fileno())
+    finally:
+        lock.release()
+    print(f"evolve: {journal} ended in an unfinished write ({len(data) - keep} bytes, a write cut short): moved "
+          f"to {journal.name}.unfinished and cut off", flush=True)  # fmt: skip
+
+
+def journal_has_unfinished_tail(journal: Path) -> bool:
+    try:
+        with open(journal, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() == 0:
+                return False
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def check_storage(run_dir: Path, storage: str | None) -> None:
@@ -111,15 +153,34 @@ def open_study(
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
 ) -> optuna.Study:
-    """Create the study, or join it when another worker (or an earlier run) already made it."""
-    study = optuna.create_study(
-        storage=open_storage(run_dir, storage),
-        study_name=study_name,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
+    """Create the study, or join it when another worker (or an earlier run) already made it.
+
+    The run folder's journal holds one evolution (and its ``/evaluations`` study): a journal that holds another one
+    and not ``study_name`` is a copied or renamed run folder, whose finished children a new study would hide from
+    the views, so it is refused. A shared database (``storage``) holds many studies by design."""
+    opened = open_storage(run_dir, storage)
+    if storage is None:
+        names = {study.study_name for study in opened.get_all_studies()}
+        others = sorted(name for name in names if not name.endswith(EVALUATIONS_SUFFIX))
+        if others and study_name not in names:
+            raise UserError(
+                f"{run_dir / JOURNAL_NAME} holds the evolution '{others[0]}', not '{study_name}' (a copied or renamed "
+                f"run folder?): rename the folder back to {others[0]} to go on with it, or start a new --name with "
+                f"--evolve-from {run_dir / 'evolve.csv'}"
+            )
+    try:
+        study = optuna.create_study(
+            storage=opened,
+            study_name=study_name,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except (ValueError, KeyError, TypeError, AssertionError) as error:
+        if storage is not None:
+            raise
+        raise damaged_journal_error(run_dir / JOURNAL_NAME, error) from None
     return name_metric(study)
 
 
