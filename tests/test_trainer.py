@@ -91,6 +91,11 @@ def test_resume_continues_the_same_epochs_and_learning_rates(prepared, hyp, tmp_
         train(hyp, options.with_outputs(save_dir=interrupted_dir), prepared, on_epoch_end=stop_after_first_epoch)
     last = interrupted_dir / "weights" / "last.pt"
     saved_optimizer = load_checkpoint(last)["optimizer"]
+    # A stop between epoch 1's results.csv row and its last.pt: the resumed run trains epoch 1 again, and its row
+    # must not appear twice (rows 0, 1, 1, 2 before).
+    csv = interrupted_dir / "results.csv"
+    row = csv.read_text().splitlines()[-1].split(",")
+    csv.write_text(csv.read_text() + ",".join([f"{1:20.5g}", *row[1:]]) + "\n")
     train(hyp, dataclasses.replace(options, resume=str(last)).with_outputs(save_dir=interrupted_dir), prepared)
 
     full, resumed = read_results(full_dir / "results.csv"), read_results(interrupted_dir / "results.csv")

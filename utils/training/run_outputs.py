@@ -10,6 +10,7 @@ import yaml
 from torch import nn
 
 from utils.evaluation.metrics import METRIC_KEYS, TRAIN_LOSS_KEYS, VAL_LOSS_KEYS
+from utils.files import write_atomic
 from utils.plots.data import plot_batch, plot_labels
 from utils.plots.results import plot_results
 from utils.plots.training import plot_lr
@@ -62,6 +63,27 @@ class RunOutputs:
             images, targets, paths, _ = next(iter(loader))
             plot_batch(images, targets, paths, self.data.names, self.save_dir / "train_batch0.jpg")
             self.tensorboard.images({name: self.save_dir / f"{name}.jpg" for name in ("labels", "train_batch0")})
+
+    def drop_rows_from(self, epoch: int) -> None:
+        """On resume from a checkpoint of epoch ``epoch - 1``: results.csv rows of ``epoch`` and later were written
+        after that checkpoint was saved (a run stopped between the row and ``last.pt``); they are trained again, so
+        they go, or the rows would repeat."""
+        csv_path = self.save_dir / "results.csv" if self.save_dir is not None else None
+        if csv_path is None or not csv_path.is_file():
+            return
+        lines = csv_path.read_text().splitlines()
+
+        def later(line: str) -> bool:
+            try:
+                return float(line.split(",", 1)[0]) >= epoch
+            except ValueError:
+                return False  # the header, or a line that is not a row
+
+        kept = [line for line in lines if not later(line)]
+        if len(kept) < len(lines):
+            write_atomic(csv_path, "\n".join(kept) + "\n")
+            LOGGER.info(f"{csv_path}: dropped {len(lines) - len(kept)} row(s) from epoch {epoch} on, written after the "
+                        "checkpoint it resumes from; they are trained again")  # fmt: skip
 
     def end_epoch(
         self, epoch: int, metrics: dict[str, float], improved: bool, best_fitness: float, model, final: bool
