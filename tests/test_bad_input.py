@@ -372,6 +372,21 @@ def test_project_that_is_a_file(tmp_path, tiny_dataset):
     assert project.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("/", "must end in a folder name"), ("..", "must end in a folder name"), ("a" * 300, "name too long")],
+)
+def test_run_folder_names_that_cannot_be_folders_are_one_line_errors(tmp_path, name, message):
+    """--name / was a ValueError from Path.with_name, a 300-character name an OSError: tracebacks."""
+    from utils.run_dir import increment_path, make_folder
+
+    for exist_ok in (False, True):
+        with pytest.raises(UserError, match=message):
+            increment_path(tmp_path / "runs" / name, exist_ok=exist_ok)
+    with pytest.raises(UserError, match="cannot create folder /proc/x"):  # --project on a pseudo file system
+        make_folder(Path("/proc/x"))
+
+
 def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path, tiny_dataset):
     from utils.evolution import load_meta, run
     from utils.training.hyp import load_hyp

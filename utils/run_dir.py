@@ -22,6 +22,10 @@ def make_folder(path: Path) -> Path:
         raise UserError(f"cannot create folder {path}: {blocker} is a file, not a folder (check --project)") from None
     except PermissionError:
         raise UserError(f"cannot create folder {path}: permission denied (check --project)") from None
+    except OSError as error:  # a name too long, a read-only or pseudo file system (/proc), ...
+        raise UserError(
+            f"cannot create folder {path}: {error.strerror or error} (check --project and --name)"
+        ) from None
     return path
 
 
@@ -31,6 +35,8 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True)
     The folder is created atomically so that processes started at the same moment never share one by accident.
     """
     path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise UserError(f"--project/--name must end in a folder name, got {str(path)!r}")
     if exist_ok:
         if mkdir:
             make_folder(path)
@@ -48,6 +54,8 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True)
         except FileExistsError:
             candidate = path.with_name(f"{path.name}{number}")
             number += 1
+        except OSError:
+            return make_folder(candidate)  # raises the one-line error (the same call succeeds only in a race)
 
 
 class RunFolderLock:
