@@ -514,6 +514,15 @@ def test_unreachable_storage_fails_before_the_dataset_is_made(tmp_path):
     assert not dataset.exists()
 
 
+@pytest.mark.parametrize("url", ["postgresql://u@h:abc/db", "postgresql://u@[::1/db", "not a url"])
+def test_a_malformed_storage_url_is_one_error_line(url):
+    """A port that is not a number was a ValueError traceback from SQLAlchemy's URL parser."""
+    from utils.evolution.storage import database_url
+
+    with pytest.raises(UserError, match="--storage must be a database URL"):
+        database_url(url)
+
+
 # --- out of memory ----------------------------------------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ def database_url(storage: str) -> sqlalchemy.engine.URL:
     installs (SQLAlchemy 2 would otherwise pick psycopg 3)."""
     try:
         url = sqlalchemy.engine.make_url(storage)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         message = f"--storage must be a database URL such as postgresql://user@host/db (got {storage!r})"
         raise UserError(message) from None
     if url.drivername in POSTGRES_SCHEMES:
