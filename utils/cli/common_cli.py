@@ -69,11 +69,15 @@ FLAG_MINIMUMS = (
 )
 
 
-# (flag, attribute, range as text, test): fractions.
+SEED_MAX = 2**31 - 1
+
+# (flag, attribute, range as text, test): fractions, and the seed's ceiling.
 FLAG_RANGES = (
     ("--conf-thres", "conf_thres", "in [0, 1]", lambda value: 0 <= value <= 1),
     ("--iou-thres", "iou_thres", "in [0, 1]", lambda value: 0 <= value <= 1),
     ("--label-smoothing", "label_smoothing", "in [0, 1)", lambda value: 0 <= value < 1),
+    # numpy and torch take seeds below 2**32; repeats and DDP ranks add to --seed, so half of that range is left
+    ("--seed", "seed", f"at most {SEED_MAX}", lambda value: value <= SEED_MAX),
 )
 
 
