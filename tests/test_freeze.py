@@ -38,6 +38,21 @@ def test_negative_freeze_is_a_user_error() -> None:
         frozen_layer_indices([-1])
 
 
+def test_freezing_too_much_is_a_short_user_error() -> None:
+    """--freeze 5000000 built 5 million layer names and a 39 MB error line; --freeze 25 froze the whole nano model
+    and failed in backward with a RuntimeError."""
+    with pytest.raises(UserError, match="no model here has that many layers"):
+        frozen_layer_indices([5_000_000])
+    model = build_model("yolov5n.yaml", num_classes=2)
+    with pytest.raises(UserError, match="freezes every layer") as error:
+        freeze_layers(model, frozen_layer_indices([25]))
+    with pytest.raises(UserError, match="not 25 ... 999") as error:
+        freeze_layers(model, frozen_layer_indices([1000]))
+    assert len(str(error.value)) < 100
+    fresh = build_model("yolov5n.yaml", num_classes=2)
+    assert "(171 tensors)" in freeze_layers(fresh, frozen_layer_indices([24]))  # all but Detect: allowed
+
+
 def test_freeze_and_freeze_hyp_are_different_flags() -> None:
     parser = cli.train_parser()
     layers = parser.parse_args(["--freeze", "10"])

@@ -30,6 +30,8 @@ LR_FIT_LIMITS = {
     "RMSprop": (1e-5, 0.003),
 }
 
+FREEZE_MAX = 1000  # a --freeze beyond any model's layer count, refused before the data is read
+
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -67,6 +69,8 @@ def frozen_layer_indices(freeze: Sequence[int]) -> tuple[int, ...]:
     """yolov5's --freeze: one value N means layers 0..N-1 (10 is the backbone, 0 nothing); several are indices."""
     if any(index < 0 for index in freeze):
         raise UserError(f"--freeze takes layer indices or a layer count >= 0, got {' '.join(map(str, freeze))}")
+    if freeze and max(freeze) > FREEZE_MAX:  # checked again against the model's layers when it is built
+        raise UserError(f"--freeze {max(freeze)}: no model here has that many layers (yolov5's have 25)")
     if len(freeze) <= 1:
         return tuple(range(freeze[0] if freeze else 0))
     return tuple(sorted(set(freeze)))
@@ -83,9 +87,12 @@ def freeze_layers(model: nn.Module, layers: Sequence[int]) -> str:
     num_layers = len(model.model)
     outside = [index for index in layers if index >= num_layers]
     if outside:
-        raise UserError(f"--freeze: the model has layers 0-{num_layers - 1}, not {' '.join(map(str, outside))}")
+        shown = " ".join(map(str, outside)) if len(outside) <= 5 else f"{outside[0]} ... {outside[-1]}"
+        raise UserError(f"--freeze: the model has layers 0-{num_layers - 1}, not {shown}")
     prefixes = tuple(f"model.{index}." for index in layers)
     frozen = [parameter for name, parameter in model.named_parameters() if name.startswith(prefixes)]
+    if frozen and len(frozen) == len(list(model.parameters())):
+        raise UserError(f"--freeze freezes every layer of the model (0-{num_layers - 1}): nothing would train")
     for parameter in frozen:
         parameter.requires_grad_(False)
     contiguous = len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1))
