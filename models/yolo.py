@@ -227,6 +227,21 @@ def load_model_cfg(cfg: str | Path) -> dict[str, Any]:
     return loaded
 
 
+def builtin_cfg_name(cfg: dict[str, Any]) -> str | None:
+    """The built-in model yaml (``yolov5s.yaml``, ...) whose layers and multiples ``cfg`` has (a checkpoint's model
+    yaml, whose anchors and class count may differ), or None."""
+
+    def plain(value: Any) -> Any:  # yolov5's yamls write nn.Upsample's size as the string 'None'
+        return [plain(item) for item in value] if isinstance(value, list) else None if value == "None" else value
+
+    layout = ("depth_multiple", "width_multiple", "backbone", "head")
+    for name in available_models():
+        builtin = load_model_cfg(name)
+        if all(plain(cfg.get(key)) == plain(builtin[key]) for key in layout):
+            return f"{name}.yaml"
+    return None
+
+
 def build_model(cfg: str | Path | dict, num_classes: int, anchors_per_level: int | None = None) -> DetectionModel:
     """Build a DetectionModel from a model yaml (name, path or dict); bad cfgs raise UserError."""
     cfg_dict = cfg if isinstance(cfg, dict) else load_model_cfg(cfg)

@@ -116,7 +116,19 @@ def test_truncated_checkpoint_is_user_error(tmp_path, trained_model) -> None:
         load_checkpoint(truncated)
 
 
-@pytest.mark.parametrize("content", [[1, 2, 3], {"epoch": 1}])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [1, 2, 3],
+        {"epoch": 1},
+        # the required keys with the wrong types (dicts saved by hand): tracebacks deep in training or val.py before
+        {"model_cfg": "yolov5n.yaml", "num_classes": 3, "model": 5},
+        {"model_cfg": "yolov5n.yaml", "num_classes": 3, "model": {"model.0.conv.weight": 3}},
+        {"model_cfg": "yolov5n.yaml", "num_classes": "abc", "model": {}},
+        {"model_cfg": "yolov5n.yaml", "num_classes": 0, "model": {}},
+        {"model_cfg": 7, "num_classes": 2, "model": {}},
+    ],
+)
 def test_unrecognised_checkpoint_is_user_error(tmp_path, content) -> None:
     path = tmp_path / "other.pt"
     torch.save(content, path)

@@ -15,7 +15,7 @@ from tests.test_train_cli import TINY_ARGS, run_train
 from utils import cli
 from utils.data.prepared import prepare_data
 from utils.errors import UserError
-from utils.training.checkpoint import load_checkpoint
+from utils.training.checkpoint import load_checkpoint, save_checkpoint
 from utils.training.hyp import load_hyp
 from utils.training.optim import build_optimizer, freeze_layers, frozen_layer_indices
 from utils.training.options import OutputOptions, TrainOptions
@@ -107,6 +107,27 @@ def test_checkpoint_anchors_are_kept_unless_the_hyp_sets_anchors(prepared, hyp_a
     model = build_detector(hyp, options(), prepared)
     fitted = load_checkpoint(YOLOV5_PT)["model"]["model.24.anchors"]
     assert torch.equal(model.detect.anchors, fitted) == (hyp_anchors is None)
+
+
+def test_weights_without_cfg_build_the_checkpoint_model(tmp_path, capsys) -> None:
+    """yolov5's train.py builds the checkpoint's model when --cfg is not given: --weights yolov5s.pt fine-tunes a
+    yolov5s. Ours built the default nano and transferred only BatchNorm counters, anchors and a few biases."""
+    small = build_model("yolov5s.yaml", num_classes=3)
+    save_checkpoint(tmp_path / "s.pt", model_cfg=small.yaml, num_classes=3, model=small.state_dict())
+    assert cli.parse_train_args(["--weights", str(tmp_path / "s.pt")]).cfg == "yolov5s.yaml"
+    assert "--cfg yolov5s.yaml: the model of --weights" in capsys.readouterr().out
+    assert cli.parse_train_args(["--weights", str(tmp_path / "s.pt"), "--cfg", "yolov5m.yaml"]).cfg == "yolov5m.yaml"
+    assert cli.parse_train_args(["--weights", str(YOLOV5_PT)]).cfg == "yolov5n.yaml"  # yolov5's yaml: 'None' strings
+    custom = {**small.yaml, "depth_multiple": 0.5}
+    save_checkpoint(tmp_path / "custom.pt", model_cfg=custom, num_classes=3, model=small.state_dict())
+    with pytest.raises(UserError, match="none of yolov5l, yolov5m, yolov5n, yolov5s, yolov5x; give its model yaml"):
+        cli.parse_train_args(["--weights", str(tmp_path / "custom.pt")])
+
+
+def test_weights_that_fit_another_model_size_are_refused(prepared) -> None:
+    """yolov5n weights under --cfg yolov5s: only counters, anchors and Detect's biases matched, a silent scratch run."""
+    with pytest.raises(UserError, match="0.00% of the weights of --cfg yolov5s.yaml fit it"):
+        build_detector(load_hyp(), options(cfg="yolov5s.yaml"), prepared)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from utils.training.options import DistributedOptions, OutputOptions, TrainOptio
 from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
 
 LOGGER = logging.getLogger(__name__)
+DEFAULT_CFG = "yolov5n.yaml"
 
 if TYPE_CHECKING:
     from utils.evolution.training_objective import TrainingJob
@@ -32,7 +33,8 @@ def train_parser(description: str | None = None) -> CliParser:
     parser.add_argument("--weights", default="", help="a .pt (ours or yolov5's) to start from ('': scratch)")
     freeze = "freeze layers: N freezes layers 0..N-1 (10: the backbone), several values those indices (default 0)"
     parser.add_argument("--freeze", type=int, nargs="+", default=[0], metavar="N", help=freeze)
-    parser.add_argument("--cfg", default="yolov5n.yaml", help="model yaml: yolov5n/s/m/l/x.yaml or a path")
+    cfg = f"model yaml: yolov5n/s/m/l/x.yaml or a path (default: the --weights model, else {DEFAULT_CFG})"
+    parser.add_argument("--cfg", default=DEFAULT_CFG, action=StoreGiven, help=cfg)
     parser.add_argument("--data", default="shapes.yaml", help="data yaml (default: the built-in shapes dataset)")
     parser.add_argument("--hyp", default=str(DEFAULT_HYP), help="hyperparameter yaml (default: scratch-low)")
     parser.add_argument("--epochs", type=int, default=30, help="total training epochs")
@@ -127,7 +129,25 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
         check_data_defaults(defaults, args.data)
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
+    if args.weights and not getattr(args, "cfg_given", False):
+        args.cfg = weights_cfg(args.weights)
     return args
+
+
+def weights_cfg(weights: str) -> str:
+    """The model yaml to build when ``--weights`` comes without ``--cfg``: the checkpoint's model, as in yolov5
+    (``--weights yolov5s.pt`` fine-tunes a yolov5s; building the default nano instead would transfer only the
+    BatchNorm counters, silently). A built-in yaml by name, so that opt.yaml and a resume name it."""
+    from models.yolo import available_models, builtin_cfg_name
+    from utils.training.checkpoint import load_checkpoint
+
+    model_cfg = load_checkpoint(weights)["model_cfg"]
+    name = model_cfg if isinstance(model_cfg, str) else builtin_cfg_name(model_cfg)
+    if name is None:
+        raise UserError(f"--weights {weights}: its model is none of {', '.join(available_models())}; "
+                        "give its model yaml with --cfg")  # fmt: skip
+    print(f"--cfg {name}: the model of --weights {weights}", flush=True)  # before logging is set up
+    return name
 
 
 def check_data_defaults(defaults: dict[str, object], data: str) -> None:

@@ -89,7 +89,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise UserError(f"unrecognised checkpoint {path}: missing {', '.join(missing)}")
+    problem = field_problem(checkpoint)
+    if problem:
+        raise UserError(f"unrecognised checkpoint {path}: {problem}")
     return checkpoint
+
+
+def field_problem(checkpoint: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a checkpoint's required fields (a dict saved by hand), or None."""
+    classes, weights, cfg = checkpoint["num_classes"], checkpoint["model"], checkpoint["model_cfg"]
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        return f"num_classes must be a whole number >= 1, got {classes!r}"
+    if not isinstance(weights, dict) or not all(
+        isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in weights.items()
+    ):
+        return "model must map parameter names to tensors"
+    if not isinstance(cfg, str | dict):
+        return f"model_cfg must be a model yaml's name or its contents, got {type(cfg).__name__}"
+    return None
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> DetectionModel:
@@ -110,12 +127,19 @@ def transfer_weights(
     Names containing any ``exclude`` substring (e.g. "anchors") are skipped. Returns (loaded, skipped), both
     counted over ``state_dict`` entries.
     """
+    matched = matching_tensors(model, state_dict, exclude)
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(state_dict) - len(matched)
+
+
+def matching_tensors(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], exclude: Iterable[str] = ()
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``state_dict`` that ``transfer_weights`` copies: name and shape match, no ``exclude`` word."""
     exclude = tuple(exclude)
     own = model.state_dict()
-    matched = {
+    return {
         name: tensor
         for name, tensor in state_dict.items()
         if name in own and own[name].shape == tensor.shape and not any(word in name for word in exclude)
     }
-    model.load_state_dict(matched, strict=False)
-    return len(matched), len(state_dict) - len(matched)

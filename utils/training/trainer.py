@@ -21,7 +21,7 @@ from utils.errors import UserError
 from utils.evaluation.fitness import fitness
 from utils.evaluation.validator import Validation, run_validation
 from utils.training.autoanchor import check_anchors
-from utils.training.checkpoint import load_checkpoint, transfer_weights
+from utils.training.checkpoint import load_checkpoint, matching_tensors, transfer_weights
 from utils.training.distributed import share_from_main_process, unwrap_model, wrap_distributed
 from utils.training.ema import ModelEMA
 from utils.training.engine import MultiScale, StepContext, multi_scale_range, train_one_epoch
@@ -33,6 +33,7 @@ from utils.training.run_outputs import RunOutputs
 from utils.training.schedule import build_scheduler, close_mosaic_epoch, warmup_iterations, warmup_trap
 
 LOGGER = logging.getLogger(__name__)
+TRANSFER_REFUSED_BELOW, TRANSFER_WARNED_BELOW = 0.01, 0.5  # shares of the model's weights that --weights fits
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -46,6 +47,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 FittedAnchors = dict[tuple, torch.Tensor]  # AutoAnchor's result per anchor setting, kept by whoever trains many runs
+
+
+def check_transfer(model: nn.Module, matched: dict[str, torch.Tensor], options: TrainOptions) -> None:
+    """Refuse ``--weights`` that fit less than 1% of the model's weights (another model size: only BatchNorm
+    counters, anchors and a few biases match), and warn below half (a class count changes only the head's)."""
+    parameters = dict(model.named_parameters())
+    total = sum(parameter.numel() for parameter in parameters.values())
+    share = sum(tensor.numel() for name, tensor in matched.items() if name in parameters) / max(total, 1)
+    if share < TRANSFER_REFUSED_BELOW:
+        raise UserError(f"--weights {options.weights}: {share:.2%} of the weights of --cfg {options.cfg} fit it "
+                        "(another model size?); drop --cfg to build the checkpoint's own model")  # fmt: skip
+    if share < TRANSFER_WARNED_BELOW:
+        LOGGER.warning(f"--weights {options.weights} fits only {share:.0%} of the weights of --cfg {options.cfg}")
 
 
 def build_detector(
@@ -62,6 +76,7 @@ def build_detector(
         # The checkpoint's anchors (fitted to its data) are kept, for AutoAnchor to check, unless the hyp asks for new
         # ones. yolov5 also drops them whenever --cfg is given; here --cfg always is.
         exclude = ("anchors",) if anchors_per_level else ()
+        check_transfer(model, matching_tensors(model, checkpoint["model"], exclude), options)
         loaded, skipped = transfer_weights(model, checkpoint["model"], exclude=exclude)
         LOGGER.info(f"transferred {loaded} tensors from {options.weights}, skipped {skipped}")
     if options.freeze:
