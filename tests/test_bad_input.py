@@ -387,6 +387,28 @@ def test_run_folder_names_that_cannot_be_folders_are_one_line_errors(tmp_path, n
         make_folder(Path("/proc/x"))
 
 
+def test_exist_ok_keeps_the_files_already_in_the_folder(tmp_path, tiny_dataset):
+    """--exist-ok reused the folder and replaced opt.yaml, hyp.yaml and the weights, and appended to results.csv
+    (then failed plotting it, when it was the user's own). They now move to backup names first."""
+    run = tmp_path / "runs" / "mine"
+    (run / "weights").mkdir(parents=True)
+    users = {"results.csv": "a,b\n1,2\n", "opt.yaml": "note: mine\n", "hyp.yaml": "lr0: 0.5\n",
+             "weights/last.pt": "my weights", "weights/best.pt": "my best", "notes.txt": "mine\n"}  # fmt: skip
+    for name, text in users.items():
+        (run / name).write_text(text)
+    result = run_script("train.py", "--data", str(tiny_dataset), *TINY_ARGS, "--project", str(tmp_path / "runs"),
+                        "--name", "mine", "--exist-ok")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    backup = {name: (run / name).with_name(f"{Path(name).stem}.backup{Path(name).suffix}") for name in users}
+    for name, text in users.items():
+        assert (run / name if name == "notes.txt" else backup[name]).read_text() == text, name
+    assert "kept as results.backup.csv" in result.stderr
+    assert len((run / "results.csv").read_text().splitlines()) == 1 + 1  # this run's header and its one epoch
+    from utils.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "weights" / "last.pt")["epoch"] == 0
+
+
 def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path, tiny_dataset):
     from utils.evolution import load_meta, run
     from utils.training.hyp import load_hyp

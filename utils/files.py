@@ -35,3 +35,13 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             temporary.write_bytes(data)
         else:
             temporary.write_text(data)
+
+
+def free_backup_path(path: Path) -> Path:
+    """``evolve.csv`` -> the first of ``evolve.backup.csv``, ``evolve.backup2.csv``, ... that does not exist."""
+    number = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}.backup{number if number > 1 else ''}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+        number += 1

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from utils.evolution.evaluations import FIDELITY, REPEAT, Task
 from utils.evolution.trust import TrustReport
 from utils.evolution.verdict import fidelity_sentence
-from utils.files import write_atomic
+from utils.files import free_backup_path, write_atomic
 from utils.yolo_csv import format_header, format_row
 
 # The 7 metric columns of yolov5's evolve.csv, in its order (fitness is computed from them, never by position).
@@ -154,16 +154,6 @@ class OwnedViews:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def free_backup_path(path: Path) -> Path:
-    """``evolve.csv`` -> the first of ``evolve.backup.csv``, ``evolve.backup2.csv``, ... that does not exist."""
-    number = 1
-    while True:
-        candidate = path.with_name(f"{path.stem}.backup{number if number > 1 else ''}{path.suffix}")
-        if not os.path.lexists(candidate):
-            return candidate
-        number += 1
 
 
 def write_views(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from utils.errors import UserError
+from utils.files import free_backup_path
 from utils.run_dir import RunFolderLock, increment_path
 from utils.training.checkpoint import load_checkpoint
 from utils.training.distributed import barrier_for_main_process, close_distributed, init_distributed
@@ -79,6 +81,25 @@ def resume_state(checkpoint_path: Path) -> tuple[dict, dict[str, float]]:
     return checkpoint["options"], check_hyp(checkpoint["hyp"], source=f"{checkpoint_path} hyp")
 
 
+# What a run writes that --exist-ok would otherwise overwrite (or append to, results.csv) in a folder already used.
+KEPT_OUTPUTS = ("results.csv", "hyp.yaml", "opt.yaml", "weights/last.pt", "weights/best.pt", "weights/epoch*.pt")
+
+
+def keep_earlier_outputs(run_dir: Path) -> None:
+    """``--exist-ok`` reuses a folder, as in yolov5, but never overwrites: an earlier run's (or the user's)
+    results.csv, hyp/opt yaml and weights move to free backup names (``results.backup.csv``, ``last.backup.pt``)
+    first, with a line naming them. Plots are overwritten."""
+    moved = []
+    for pattern in KEPT_OUTPUTS:
+        for path in sorted(run_dir.glob(pattern)):
+            if ".backup" not in path.name:
+                backup = free_backup_path(path)
+                os.replace(path, backup)
+                moved.append(str(backup.relative_to(run_dir)))
+    if moved:
+        LOGGER.warning(f"--exist-ok: {run_dir} held an earlier run's files; kept as {', '.join(moved)}")
+
+
 def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, float]:
     """Train ``job`` as this process's rank; rank 0 makes and locks the run folder. Returns the final metrics.
 
@@ -101,6 +122,8 @@ def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, 
         if distributed.is_main_process:
             save_dir = job.run_dir if options.resume else increment_path(job.run_dir, job.exist_ok)
             lock = lock or RunFolderLock(save_dir).acquire()
+            if not options.resume:
+                keep_earlier_outputs(save_dir)
         metrics = train(job.hyp, options.with_outputs(save_dir=save_dir), data, fitted_anchors=fitted_anchors)
     finally:
         if lock is not None:
