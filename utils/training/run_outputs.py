@@ -50,10 +50,13 @@ class RunOutputs:
         self.weights_dir = self.save_dir / "weights" if self.save_dir is not None else None
         self.tensorboard = TensorBoardLog()  # opened by start(): event files go into the run folder
 
-    def start(self, dataset, loader) -> None:
-        """hyp.yaml, opt.yaml, labels.jpg and train_batch0.jpg, before the first epoch."""
+    def start(self, dataset, loader, first_epoch: int = 0) -> None:
+        """hyp.yaml, opt.yaml, labels.jpg and train_batch0.jpg, before the first epoch (``first_epoch``: a resumed
+        run's, whose later results.csv rows go, see ``drop_rows_from``)."""
         if self.save_dir is None:
             return
+        if self.options.resume:
+            self.drop_rows_from(first_epoch)
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
         (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(self.options.outputs.record, sort_keys=False))

@@ -243,10 +243,8 @@ def train(
     if options.resume:
         start_epoch, best_fitness = restore_state(model, context, load_checkpoint(options.resume), num_batches)
         LOGGER.info(f"resuming {options.resume} from epoch {start_epoch}")
-        if outputs is not None:
-            outputs.drop_rows_from(start_epoch)
     if outputs is not None:
-        outputs.start(dataset, loader)
+        outputs.start(dataset, loader, start_epoch)
     metrics: dict[str, float] = {}
     validation: Validation | None = None  # the last one, whose per-class mAP --image-weights uses
     epochs_without_improvement = 0
