@@ -454,8 +454,30 @@ def test_a_journal_write_cut_short_is_set_aside_and_the_evolution_goes_on(tmp_pa
     study = run(synthetic_objective, load_hyp(), load_meta(), 3, run_dir=run_dir, plots=False)
     assert len([trial for trial in study.trials if trial.state.name == "COMPLETE"]) == 3
     assert (run_dir / "study.journal.unfinished").read_bytes() == tail + b"\n"
-    assert "ended in an unfinished write" in capsys.readouterr().out
+    assert "ended in a write cut short" in capsys.readouterr().out
     run(synthetic_objective, load_hyp(), load_meta(), 4, run_dir=run_dir, plots=False)  # the journal reads cleanly
+
+
+def test_a_worker_mends_a_write_cut_short_while_it_runs_and_keeps_a_whole_last_entry(tmp_path, capsys):
+    """Another worker dies mid-write while this one holds the journal open: this one's next write mends the tail
+    before appending. A last entry that only lacks its newline keeps its content."""
+    import optuna
+
+    from utils.evolution.storage import open_storage
+
+    study = optuna.create_study(storage=open_storage(tmp_path, None), study_name="s")
+    journal = tmp_path / "study.journal"
+    whole = journal.read_bytes()
+    with journal.open("ab") as file:
+        file.write(b'{"op_code":4,"worker_id":"w","study_id":0,"dat')  # a worker killed mid-write
+    study.set_user_attr("after", 1)
+    assert "cut short" in capsys.readouterr().out
+    assert optuna.load_study(study_name="s", storage=open_storage(tmp_path, None)).user_attrs == {"after": 1}
+    journal.write_bytes(journal.read_bytes()[:-1])  # a whole entry without its newline (an editor stripped it)
+    reopened = optuna.load_study(study_name="s", storage=open_storage(tmp_path, None))
+    assert reopened.user_attrs == {"after": 1} and journal.read_bytes().endswith(b"\n")
+    assert "lacked a newline: added" in capsys.readouterr().out
+    assert journal.read_bytes().startswith(whole)
 
 
 def test_a_copied_run_folder_is_refused_instead_of_starting_a_second_study(tmp_path):

@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -47,8 +48,8 @@ def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStor
     if storage is None:
         journal = str(run_dir / JOURNAL_NAME)
         # O_CREAT|O_EXCL lock files are atomic on local disks and NFSv3+, unlike fcntl locks on NFS.
-        backend = JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal))
-        cut_unfinished_write(Path(journal))
+        backend = MendingJournalBackend(journal, lock_obj=JournalFileOpenLock(journal))
+        backend.mend()
         try:
             return JournalStorage(backend)  # replays the whole journal
         # json.JSONDecodeError is a ValueError, as is Optuna's "Invalid log format."; a JSON line that is not a
@@ -62,44 +63,69 @@ def open_storage(run_dir: Path, storage: str | None) -> optuna.storages.BaseStor
         raise UserError(storage_error(storage, url, error)) from None
 
 
-def cut_unfinished_write(journal: Path) -> None:
-    """A journal whose last line has no newline holds a write that was cut short (a full disk, a crash). Optuna
-    skips that line when reading but appends the next entry onto it, which damages the journal for good; so, under
-    the lock every writer holds, the unfinished tail is moved to ``study.journal.unfinished`` (appended: nothing is
-    deleted) and cut off, with a console line. The child it belonged to was never recorded as finished."""
-    if not journal_has_unfinished_tail(journal):
-        return
-    lock = JournalFileOpenLock(str(journal))
-    lock.acquire()
+class MendingJournalBackend(JournalFileBackend):
+    """Optuna's journal file, whose every writer first mends an unfinished last line (``mend_tail``) under the lock
+    it holds for the write: Optuna skips such a line when reading but appends the next entry onto it, which damages
+    the journal for good (a worker killed mid-write, or a full disk, while other workers go on)."""
+
+    def mend(self) -> None:
+        self._lock.acquire()
+        try:
+            mend_tail(Path(self._file_path))
+        finally:
+            self._lock.release()
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._lock.acquire()
+        try:
+            mend_tail(Path(self._file_path))
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._file_path, "ab") as file:  # as Optuna's own append_logs
+                file.write(text.encode("utf-8"))
+                file.flush()
+                os.fsync(file.fileno())
+        finally:
+            self._lock.release()
+
+
+def mend_tail(journal: Path) -> None:
+    """Under the journal's lock: a last line without its newline gets one when it is a whole journal entry, and is
+    otherwise (a write cut short) moved to ``study.journal.unfinished`` (appended: nothing is deleted) and cut off,
+    with a console line. The child an unfinished entry belonged to was never recorded as finished."""
     try:
         with open(journal, "r+b") as file:
-            data = file.read()
-            if not data or data.endswith(b"\n"):
-                return  # another process finished or cut it meanwhile
-            keep = data.rfind(b"\n") + 1
-            with open(journal.with_name(journal.name + ".unfinished"), "ab") as aside:
-                aside.write(data[keep:] + b"\n")
-                aside.flush()
-                os.fsync(aside.fileno())
-            file.truncate(keep)
-            file.flush()
-            os.fsync(file.fileno())
-    finally:
-        lock.release()
-    print(f"evolve: {journal} ended in an unfinished write ({len(data) - keep} bytes, a write cut short): moved "
-          f"to {journal.name}.unfinished and cut off", flush=True)  # fmt: skip
-
-
-def journal_has_unfinished_tail(journal: Path) -> bool:
-    try:
-        with open(journal, "rb") as file:
             file.seek(0, os.SEEK_END)
             if file.tell() == 0:
-                return False
+                return
             file.seek(-1, os.SEEK_END)
-            return file.read(1) != b"\n"
+            if file.read(1) == b"\n":
+                return
+            file.seek(0)
+            data = file.read()
+            keep = data.rfind(b"\n") + 1
+            if is_journal_entry(data[keep:]):
+                file.write(b"\n")  # at the end: only the newline was missing
+                what = "its last entry lacked a newline: added"
+            else:
+                with open(journal.with_name(journal.name + ".unfinished"), "ab") as aside:
+                    aside.write(data[keep:] + b"\n")
+                    aside.flush()
+                    os.fsync(aside.fileno())
+                file.truncate(keep)
+                what = f"it ended in a write cut short ({len(data) - keep} bytes): moved to {journal.name}.unfinished"
+            file.flush()
+            os.fsync(file.fileno())
     except FileNotFoundError:
+        return
+    print(f"evolve: {journal}: {what}", flush=True)
+
+
+def is_journal_entry(line: bytes) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
         return False
+    return isinstance(entry, dict) and "op_code" in entry
 
 
 def check_storage(run_dir: Path, storage: str | None) -> None:
@@ -165,8 +191,8 @@ def open_study(
         if others and study_name not in names:
             raise UserError(
                 f"{run_dir / JOURNAL_NAME} holds the evolution '{others[0]}', not '{study_name}' (a copied or renamed "
-                f"run folder?): rename the folder back to {others[0]} to go on with it, or start a new --name with "
-                f"--evolve-from {run_dir / 'evolve.csv'}"
+                f"run folder?): go on with it under its own name ({others[0]}: --name, or study_name), or start a new "
+                f"--name with --evolve-from {run_dir / 'evolve.csv'}"
             )
     try:
         study = optuna.create_study(
