@@ -191,7 +191,7 @@ def open_study(
         if others and study_name not in names:
             raise UserError(
                 f"{run_dir / JOURNAL_NAME} holds the evolution '{others[0]}', not '{study_name}' (a copied or renamed "
-                f"run folder?): go on with it under its own name ({others[0]}: --name, or study_name), or start a new "
+                f"run folder?): continue it as --name {others[0]} (study_name from Python) in its own folder, or start a new "
                 f"--name with --evolve-from {run_dir / 'evolve.csv'}"
             )
     try:
