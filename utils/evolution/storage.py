@@ -190,9 +190,9 @@ def open_study(
         others = sorted(name for name in names if not name.endswith(EVALUATIONS_SUFFIX))
         if others and study_name not in names:
             raise UserError(
-                f"{run_dir / JOURNAL_NAME} holds the evolution '{others[0]}', not '{study_name}' (a copied or renamed "
-                f"run folder?): continue it as --name {others[0]} (study_name from Python) in its own folder, or start a new "
-                f"--name with --evolve-from {run_dir / 'evolve.csv'}"
+                f"{run_dir / JOURNAL_NAME} holds the evolution '{others[0]}', not '{study_name}' (a copied or "
+                f"renamed run folder?): continue it as --name {others[0]} (study_name from Python) in its own "
+                f"folder, or start a new --name with --evolve-from {run_dir / 'evolve.csv'}"
             )
     try:
         study = optuna.create_study(
