@@ -407,6 +407,13 @@ def test_exist_ok_keeps_the_files_already_in_the_folder(tmp_path, tiny_dataset):
     from utils.training.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "weights" / "last.pt")["epoch"] == 0
+    # Fine-tuning from the folder's own best.pt into the same folder: the file it starts from is copied aside, not
+    # moved away before the model is built from it.
+    (run / "weights" / "best.pt").write_bytes((run / "weights" / "last.pt").read_bytes())
+    result = run_script("train.py", "--data", str(tiny_dataset), *TINY_ARGS, "--project", str(tmp_path / "runs"),
+                        "--name", "mine", "--exist-ok", "--weights", str(run / "weights" / "best.pt"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(run / "weights" / "best.backup2.pt")["epoch"] == 0
 
 
 def test_corrupt_journal_line_names_file_and_line_and_keeps_evolve_csv(tmp_path, tiny_dataset):

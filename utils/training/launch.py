@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,16 +86,20 @@ def resume_state(checkpoint_path: Path) -> tuple[dict, dict[str, float]]:
 KEPT_OUTPUTS = ("results.csv", "hyp.yaml", "opt.yaml", "weights/last.pt", "weights/best.pt", "weights/epoch*.pt")
 
 
-def keep_earlier_outputs(run_dir: Path) -> None:
+def keep_earlier_outputs(run_dir: Path, weights: str = "") -> None:
     """``--exist-ok`` reuses a folder, as in yolov5, but never overwrites: an earlier run's (or the user's)
     results.csv, hyp/opt yaml and weights move to free backup names (``results.backup.csv``, ``last.backup.pt``)
-    first, with a line naming them. Plots are overwritten."""
+    first, with a line naming them; the ``--weights`` file (``weights/best.pt`` of the run fine-tuned into its own
+    folder) is copied instead, since the model is built from it next. Plots are overwritten."""
     moved = []
     for pattern in KEPT_OUTPUTS:
         for path in sorted(run_dir.glob(pattern)):
             if ".backup" not in path.name:
                 backup = free_backup_path(path)
-                os.replace(path, backup)
+                if weights and path.resolve() == Path(weights).resolve():
+                    shutil.copy2(path, backup)
+                else:
+                    os.replace(path, backup)
                 moved.append(str(backup.relative_to(run_dir)))
     if moved:
         LOGGER.warning(f"--exist-ok: {run_dir} held an earlier run's files; kept as {', '.join(moved)}")
@@ -123,7 +128,7 @@ def run_training(job: TrainJob, lock: RunFolderLock | None = None) -> dict[str, 
             save_dir = job.run_dir if options.resume else increment_path(job.run_dir, job.exist_ok)
             lock = lock or RunFolderLock(save_dir).acquire()
             if not options.resume:
-                keep_earlier_outputs(save_dir)
+                keep_earlier_outputs(save_dir, options.weights)
         metrics = train(job.hyp, options.with_outputs(save_dir=save_dir), data, fitted_anchors=fitted_anchors)
     finally:
         if lock is not None:
