@@ -50,9 +50,11 @@ FittedAnchors = dict[tuple, torch.Tensor]  # AutoAnchor's result per anchor sett
 
 
 def check_transfer(model: nn.Module, matched: dict[str, torch.Tensor], options: TrainOptions) -> None:
-    """Refuse ``--weights`` that fit less than 1% of the model's weights (another model size: only BatchNorm
-    counters, anchors and a few biases match), and warn below half (a class count changes only the head's)."""
-    parameters = dict(model.named_parameters())
+    """Refuse ``--weights`` that fit less than 1% of the model's weights outside its Detect layer (another model
+    size: only BatchNorm counters, anchors and a few biases match), and warn below half. Detect's output convs are
+    left out: their shapes follow the class count, which fine-tuning changes."""
+    head = {id(parameter) for parameter in model.detect.parameters()}
+    parameters = {name: parameter for name, parameter in model.named_parameters() if id(parameter) not in head}
     total = sum(parameter.numel() for parameter in parameters.values())
     share = sum(tensor.numel() for name, tensor in matched.items() if name in parameters) / max(total, 1)
     if share < TRANSFER_REFUSED_BELOW:
