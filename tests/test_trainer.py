@@ -97,6 +97,7 @@ def test_resume_continues_the_same_epochs_and_learning_rates(prepared, hyp, tmp_
     row = csv.read_text().splitlines()[-1].split(",")
     csv.write_text(csv.read_text() + ",".join([f"{1:20.5g}", *row[1:]]) + "\n")
     train(hyp, dataclasses.replace(options, resume=str(last)).with_outputs(save_dir=interrupted_dir), prepared)
+    assert (interrupted_dir / "results.dropped.csv").read_text().split(",")[0].strip() == "1"
 
     full, resumed = read_results(full_dir / "results.csv"), read_results(interrupted_dir / "results.csv")
     assert resumed["epoch"].tolist() == [0, 1, 2]

@@ -70,7 +70,7 @@ class RunOutputs:
     def drop_rows_from(self, epoch: int) -> None:
         """On resume from a checkpoint of epoch ``epoch - 1``: results.csv rows of ``epoch`` and later were written
         after that checkpoint was saved (a run stopped between the row and ``last.pt``); they are trained again, so
-        they go, or the rows would repeat."""
+        they move to results.dropped.csv, or the rows would repeat."""
         csv_path = self.save_dir / "results.csv" if self.save_dir is not None else None
         if csv_path is None or not csv_path.is_file():
             return
@@ -84,9 +84,11 @@ class RunOutputs:
 
         kept = [line for line in lines if not later(line)]
         if len(kept) < len(lines):
+            with (self.save_dir / "results.dropped.csv").open("a") as aside:  # kept, not deleted
+                aside.write("\n".join(line for line in lines if later(line)) + "\n")
             write_atomic(csv_path, "\n".join(kept) + "\n")
-            LOGGER.info(f"{csv_path}: dropped {len(lines) - len(kept)} row(s) from epoch {epoch} on, written after the "
-                        "checkpoint it resumes from; they are trained again")  # fmt: skip
+            LOGGER.info(f"{csv_path}: moved {len(lines) - len(kept)} row(s) from epoch {epoch} on, written after the "
+                        "checkpoint it resumes from, to results.dropped.csv; they are trained again")  # fmt: skip
 
     def end_epoch(
         self, epoch: int, metrics: dict[str, float], improved: bool, best_fitness: float, model, final: bool
