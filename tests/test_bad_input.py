@@ -514,6 +514,7 @@ def test_a_copied_run_folder_is_refused_instead_of_starting_a_second_study(tmp_p
         (["--workers", "-1"], "--workers must be at least 0"),
         (["--seed", "-1"], "--seed must be at least 0"),
         (["--seed", "99999999999"], "--seed must be at most 2147483647"),
+        (["--name", "."], "--name must end in a folder name"),
         (["--freeze", "-1"], "--freeze takes layer indices"),
         (["--freeze", "0", "30"], "--freeze: the model has layers 0-24, not 30"),
         (["--freeze-h", "lr0"], "unrecognized arguments: --freeze-h"),

@@ -95,6 +95,9 @@ def check_flags(args: argparse.Namespace) -> None:
         value = getattr(args, attribute, None)
         if value is not None and not within(value):
             raise UserError(f"{flag} must be {allowed}, got {value}")
+    name = getattr(args, "name", None)
+    if name is not None and Path(name).name in ("", ".", ".."):  # pathlib drops ".": the project folder itself
+        raise UserError(f"--name must end in a folder name, got {name!r}")
     args.imgsz = check_img_size(args.imgsz)
 
 
