@@ -47,15 +47,15 @@ def output_stems(files: list[Path]) -> list[str]:
     ``<stem>_<frame>``, so a video also gives up a stem that an image has, or one that an image's name would read
     as a frame of (``clip.mp4`` beside ``clip_0.jpg`` saves as ``clip_2``)."""
     taken = {path.stem.lower() for path in files}
-    images = {path.stem.lower() for path in files if not is_video(path)}
+    images = [path.stem.lower() for path in files if not is_video(path)]
+    # a video may not take an image's stem, nor the <stem> of an image named <stem>_<digits>
+    splits = [image.rpartition("_") for image in images]
+    barred = {*images, *(head for head, _, frame in splits if frame.isdigit())}
 
     def free(path: Path, stem: str, number: int) -> bool:
         if stem.lower() in used or (number > 1 and stem.lower() in taken):
             return False
-        return not is_video(path) or not any(
-            image == stem.lower() or (image.rpartition("_")[0] == stem.lower() and image.rpartition("_")[2].isdigit())
-            for image in images
-        )
+        return not is_video(path) or stem.lower() not in barred
 
     used: set[str] = set()
     stems: dict[int, str] = {}

@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,24 +70,27 @@ class MendingJournalBackend(JournalFileBackend):
     it holds for the write: Optuna skips such a line when reading but appends the next entry onto it, which damages
     the journal for good (a worker killed mid-write, or a full disk, while other workers go on)."""
 
-    def mend(self) -> None:
+    @contextmanager
+    def mended(self) -> Iterator[None]:
+        """Hold the journal's lock, with its tail mended."""
         self._lock.acquire()
         try:
             mend_tail(Path(self._file_path))
+            yield
         finally:
             self._lock.release()
 
+    def mend(self) -> None:
+        with self.mended():
+            pass
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        self._lock.acquire()
-        try:
-            mend_tail(Path(self._file_path))
+        with self.mended():
             text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
             with open(self._file_path, "ab") as file:  # as Optuna's own append_logs
                 file.write(text.encode("utf-8"))
                 file.flush()
                 os.fsync(file.fileno())
-        finally:
-            self._lock.release()
 
 
 def mend_tail(journal: Path) -> None:
@@ -229,15 +234,8 @@ def damaged_journal_error(journal: Path, error: Exception) -> UserError:
     """
     lines = journal.read_bytes().split(b"\n")
     complete = lines[:-1]  # the part after the last newline is an unfinished write, which Optuna skips
-    where = "a line"
-    for number, line in enumerate(complete, start=1):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        if not isinstance(entry, dict) or "op_code" not in entry:
-            where = f"line {number}"
-            break
+    bad = next((number for number, line in enumerate(complete, start=1) if not is_journal_entry(line)), None)
+    where = "a line" if bad is None else f"line {bad}"
     evolve_csv = journal.parent / "evolve.csv"
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return UserError(

@@ -82,12 +82,12 @@ class RunOutputs:
             except ValueError:
                 return False  # the header, or a line that is not a row
 
-        kept = [line for line in lines if not later(line)]
-        if len(kept) < len(lines):
+        dropped = [line for line in lines if later(line)]
+        if dropped:
             with (self.save_dir / "results.dropped.csv").open("a") as aside:  # kept, not deleted
-                aside.write("\n".join(line for line in lines if later(line)) + "\n")
-            write_atomic(csv_path, "\n".join(kept) + "\n")
-            LOGGER.info(f"{csv_path}: moved {len(lines) - len(kept)} row(s) from epoch {epoch} on, written after the "
+                aside.write("\n".join(dropped) + "\n")
+            write_atomic(csv_path, "\n".join(line for line in lines if not later(line)) + "\n")
+            LOGGER.info(f"{csv_path}: moved {len(dropped)} row(s) from epoch {epoch} on, written after the "
                         "checkpoint it resumes from, to results.dropped.csv; they are trained again")  # fmt: skip
 
     def end_epoch(
