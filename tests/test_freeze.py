@@ -12,6 +12,7 @@ import torch
 
 from models.yolo import build_model
 from tests.test_train_cli import TINY_ARGS, run_train
+from tests.test_yolov5_checkpoint import YOLOV5_PT
 from utils import cli
 from utils.data.prepared import prepare_data
 from utils.errors import UserError
@@ -21,7 +22,6 @@ from utils.training.optim import build_optimizer, freeze_layers, frozen_layer_in
 from utils.training.options import OutputOptions, TrainOptions
 from utils.training.trainer import build_detector, train
 
-YOLOV5_PT = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "yolov5" / "yolov5n-6cls-320.pt"
 IMG_SIZE = 64
 BACKBONE = tuple(range(10))
 

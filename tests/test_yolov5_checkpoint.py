@@ -33,7 +33,7 @@ from utils.training.yolov5_checkpoint import (
 )
 from utils.training.yolov5_unpickler import InertLayer, RestrictedUnpickler, read_restricted
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "yolov5"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "yolov5"  # copied from the team's shared fixtures
 YOLOV5_PT = FIXTURES / "yolov5n-6cls-320.pt"
 FIXTURE_NAMES = ["disc", "square", "triangle", "ring", "cross", "bar"]
 YOLOV5_TENSORS = 349  # model.0.conv.weight ... model.24.m.2.bias, BatchNorm statistics included
