@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 
 import pytest
 from optuna.trial import TrialState
@@ -218,3 +219,52 @@ def test_workers_with_another_optimizer_or_nominal_batch_cannot_join(tmp_path):
     with pytest.raises(UserError, match="different nbs, optimizer") as error:
         run(instant, load_hyp(), load_meta(), 2, run_dir=tmp_path, setup=sgd, plots=False)
     assert "; the study has nbs=16, optimizer='AdamW': rerun with" in str(error.value)  # what a rerun must match
+
+
+def test_an_interrupted_base_is_trained_again_before_any_other_child(tmp_path):
+    def interrupted_base(hyp, child):
+        if child.index == 0:
+            raise KeyboardInterrupt
+        return synthetic_metrics(hyp)
+
+    trust = TrustPlan(confirm=1, confirm_seeds=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted_base, load_hyp(), load_meta(), 3, run_dir=tmp_path, plots=False, trust=trust)
+    study = run(instant, load_hyp(), load_meta(), 3, run_dir=tmp_path, plots=False, trust=trust)
+    lineage = [trial.user_attrs["lineage"]["base"] for trial in study.trials]
+    assert lineage == [True, True, False, False] and study.trials[0].user_attrs["failure"] == "interrupted"
+    assert study.trials[1].user_attrs["hyp"] == load_hyp()
+    evaluations = evaluation_study(study).trials
+    assert [trial.user_attrs["task"]["child"] for trial in evaluations][0] == 1  # the base's repeat, for the noise
+    assert "base (child 1)" in (tmp_path / "hyp_evolve.yaml").read_text()
+
+
+def test_a_base_that_fails_by_itself_is_tried_twice_then_the_search_goes_on(tmp_path):
+    def base_fails(hyp, child):
+        if hyp == load_hyp():
+            raise RuntimeError("interrupted by a bad value")  # its words must not make it look like a Ctrl-C
+        return synthetic_metrics(hyp)
+
+    study = run(base_fails, load_hyp(), load_meta(), 3, run_dir=tmp_path, plots=False, trust=TrustPlan(0, 0))
+    lineage = [trial.user_attrs["lineage"]["base"] for trial in study.trials]
+    assert lineage == [True, True, False, False, False]
+    assert [trial.user_attrs.get("failure") for trial in study.trials[:2]] == ["objective", "objective"]
+
+
+def test_an_evaluation_that_fails_by_itself_is_given_up_whatever_its_message(tmp_path):
+    calls = []
+
+    def repeats_fail(hyp, child):
+        if child.train_seed != 0:
+            calls.append(child.index)
+            if len(calls) > 10:
+                raise SystemExit("retried for ever")  # not an Exception: it ends the run, and the test
+            raise RuntimeError("interrupted by a bad value")  # its words must not make it look like a Ctrl-C
+        return synthetic_metrics(hyp)
+
+    study = run(repeats_fail, load_hyp(), load_meta(), 2, run_dir=tmp_path, plots=False, trust=TrustPlan(1, 1))
+    failed = [
+        (trial.user_attrs["failure"], trial.user_attrs["task"]["child"]) for trial in evaluation_study(study).trials
+    ]
+    assert failed and all(failure == "objective" for failure, _ in failed)
+    assert set(Counter(child for _, child in failed).values()) == {2}  # each task given up after its second failure

@@ -113,6 +113,27 @@ def test_sigkilled_worker_loses_nothing_and_resume_completes(tmp_path):
     check_shared_study(run_dir, study, 6)
 
 
+def test_a_base_killed_while_it_trains_is_trained_again_and_the_study_gets_its_verdict(tmp_path):
+    run_dir, started = tmp_path / "evo", tmp_path / "started"
+    worker = start_worker(run_dir, 4, *TRUST, "--hang-child", "0", "--started-file", str(started))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not started.exists():
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)  # the first minute of a run: the base is training
+    worker.wait()
+    output = finish([start_worker(run_dir, 4, *TRUST)])[0]
+    study = optuna.load_study(study_name="evo", storage=open_storage(run_dir, None))
+    killed, retrained = study.trials[0], study.trials[1]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["failure"] == "worker stopped"
+    assert retrained.user_attrs["lineage"]["base"] and retrained.state == TrialState.COMPLETE
+    assert retrained.user_attrs["hyp"] == killed.user_attrs["hyp"] == pytest.approx(dict(load_hyp()))
+    assert ("repeat", 1, 1, None) in evaluation_tasks(run_dir)  # the noise estimate, from the retrained base
+    verdict = output.strip().splitlines()[-1]
+    assert verdict.startswith("evolve: verdict:") and "no base result" not in verdict, verdict
+    check_shared_study(run_dir, study, 4, confirmed=True)
+
+
 def postgres_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if found:

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from utils.evolution.evaluations import Task
 from utils.evolution.mutation import child_seed
 from utils.evolution.search_space import SearchSpace
-from utils.evolution.storage import Heartbeat
+from utils.evolution.storage import FAILURE_ATTR, Failure, Heartbeat
 
 LOGGER = logging.getLogger(__name__)
 
@@ -162,11 +162,13 @@ def record_run(
         return TrialState.PRUNED
     except KeyboardInterrupt:
         trial.set_user_attr("error", "interrupted (KeyboardInterrupt)")
+        trial.set_user_attr(FAILURE_ATTR, Failure.INTERRUPTED)
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as error:  # any failure of one run (NaN loss, OOM, bad value) must not end the evolution
         LOGGER.warning("run %d failed: %s: %s", trial.number, type(error).__name__, error)
         trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+        trial.set_user_attr(FAILURE_ATTR, Failure.OBJECTIVE)
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     trial.set_user_attr("metrics", metrics)

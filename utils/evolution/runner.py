@@ -30,7 +30,15 @@ from utils.evolution.pruning import build_pruner, pruner_name
 from utils.evolution.sampler import build_sampler, quiet_optuna
 from utils.evolution.search_space import GeneSpec, SearchSpace, validate_search_space
 from utils.evolution.seeded import IMPORTED_ATTR
-from utils.evolution.storage import WORKER_ATTR, Worker, fail_stale_children, open_study, run_lock
+from utils.evolution.storage import (
+    FAILURE_ATTR,
+    WORKER_ATTR,
+    Failure,
+    Worker,
+    fail_stale_children,
+    open_study,
+    run_lock,
+)
 from utils.evolution.trust import TrustReport, build_report
 from utils.evolution.views import write_views
 from utils.run_dir import make_folder
@@ -323,15 +331,21 @@ class Work:
 
 
 def is_objective_failure(trial: FrozenTrial) -> bool:
-    """A FAIL the objective caused, not a surplus claim, an interruption or a worker that died."""
-    error = str(trial.user_attrs.get("error", ""))
-    surplus = SURPLUS_ATTR in trial.user_attrs
-    return bool(error) and not surplus and not error.startswith("interrupted") and "stopped without" not in error
+    """A FAIL the objective caused, not a surplus claim, an interruption or a worker that died (as recorded on the
+    trial; a run failed by an older version, which recorded no reason, counts as retryable)."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(FAILURE_ATTR) == Failure.OBJECTIVE
 
 
 def base_child(children: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    """The child that trained the base hyp (the first one a worker created)."""
-    return next((child for child in children if child.user_attrs.get("lineage", {}).get("base")), None)
+    """The child that trained the base hyp: the one that completed, else the one still running (or pruned), else
+    the last that failed (a failed base is trained again by the next child: ``seeded.is_base_child``)."""
+    bases = [child for child in children if child.user_attrs.get("lineage", {}).get("base")]
+    by_preference = (
+        *(child for child in bases if child.state == TrialState.COMPLETE),
+        *(child for child in reversed(bases) if child.state != TrialState.FAIL),
+        *reversed(bases),
+    )
+    return next(iter(by_preference), None)
 
 
 def all_children_done(study: optuna.Study, n: int) -> bool:

@@ -12,10 +12,13 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from utils.evolution.evaluations import SURPLUS_ATTR
 from utils.evolution.mutation import child_seed, decode, encode
 from utils.evolution.search_space import GeneSpec, SearchSpace
+from utils.evolution.storage import FAILURE_ATTR, Failure
 
 IMPORTED_ATTR = "imported"
+BASE_ATTEMPTS = 2  # a base hyp whose own run failed this often is given up: the search goes on without it
 
 
 def own_trials_before(study: Study, number: int) -> list[FrozenTrial]:
@@ -25,8 +28,16 @@ def own_trials_before(study: Study, number: int) -> list[FrozenTrial]:
 
 
 def is_base_child(study: Study, number: int) -> bool:
-    """True for the first child a worker created: it trains the base hyp unchanged."""
-    return not own_trials_before(study, number)
+    """True for a child that trains the base hyp unchanged: the first child, and again the next one while every
+    earlier child failed (the base was killed, interrupted or its worker died; a base that failed by its own
+    error is tried ``BASE_ATTEMPTS`` times). A child whose trial does not say yet whether it is the base (another
+    worker just claimed it) counts as the base, so that two workers never both train it."""
+    earlier = [trial for trial in own_trials_before(study, number) if SURPLUS_ATTR not in trial.user_attrs]
+    maybe_base = (trial.user_attrs.get("lineage", {}).get("base", True) for trial in earlier)
+    if any(trial.state != TrialState.FAIL and base for trial, base in zip(earlier, maybe_base)):
+        return False
+    own_failures = [trial for trial in earlier if trial.user_attrs.get(FAILURE_ATTR) == Failure.OBJECTIVE]
+    return len(own_failures) < BASE_ATTEMPTS
 
 
 def cast_params(params: dict[str, Any], genes: dict[str, GeneSpec]) -> dict[str, Any]:

@@ -35,6 +35,15 @@ DEFAULT_POSTGRES_PORT = 5432
 HEARTBEAT_ATTR = "heartbeat"
 EVALUATIONS_SUFFIX = "/evaluations"  # the extra evaluations' study: <name>/evaluations
 METRIC_NAME = "fitness"  # what the objective is called in optuna-dashboard and trials_dataframe
+FAILURE_ATTR = "failure"  # why a run FAILed, one of Failure's values: recorded, never read back from the message
+
+
+class Failure:
+    """Why a run failed, as recorded on its trial (plain strings, so that every storage keeps them)."""
+
+    OBJECTIVE = "objective"  # the run itself raised: it may fail again, so repeated failures are given up
+    INTERRUPTED = "interrupted"  # Ctrl-C: rerunning the command runs it again
+    WORKER_STOPPED = "worker stopped"  # its worker died (SIGKILL, power): rerunning runs it again
 
 
 def run_lock(run_dir: Path) -> FileLock:
@@ -265,6 +274,18 @@ def process_alive(pid: int, start_time: str | None) -> bool:
     return start_time is None or current is None or current == start_time
 
 
+def pid_namespace() -> str | None:
+    """Which pids this process can see: the machine's boot and the pid namespace (Linux), or None elsewhere.
+
+    Containers that share a hostname (and two boots of one machine) number their processes independently, so a pid
+    means the same process only where this matches."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Worker:
     """Who runs a child: recorded on the trial so that a dead worker's child can be failed later."""
@@ -272,23 +293,29 @@ class Worker:
     host: str
     pid: int
     start_time: str | None
+    namespace: str | None = None  # pid_namespace(): where ``pid`` means this process
 
     @classmethod
     def current(cls) -> Worker:
-        return cls(socket.gethostname(), os.getpid(), process_start_time(os.getpid()))
+        return cls(socket.gethostname(), os.getpid(), process_start_time(os.getpid()), pid_namespace())
 
     def as_attr(self) -> dict[str, object]:
-        return {"host": self.host, "pid": self.pid, "start_time": self.start_time}
+        return {"host": self.host, "pid": self.pid, "start_time": self.start_time, "namespace": self.namespace}
+
+    def sees_pid_of(self, owner: dict) -> bool:
+        """Whether ``owner``'s pid names a process this worker can look up: same host and same pid namespace."""
+        return owner.get("host") == self.host and owner.get("namespace") == self.namespace
 
 
 def is_stale(trial: optuna.trial.FrozenTrial, worker: Worker, now: float) -> bool:
-    """A RUNNING child is stale when its worker process is gone (same host) or its heartbeat stopped."""
+    """A RUNNING child is stale when its worker process is gone (where this worker sees its pids) or its heartbeat
+    stopped (another host, or another container under the same hostname)."""
     owner = trial.user_attrs.get(WORKER_ATTR)
     if not owner:
         # Claimed but never started (the worker died between ask and its first write).
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > HEARTBEAT_GRACE_S
-    if owner["host"] == worker.host:
+    if worker.sees_pid_of(owner):
         if owner["pid"] == worker.pid and owner["start_time"] == worker.start_time:
             return False
         return not process_alive(owner["pid"], owner["start_time"])
@@ -308,6 +335,7 @@ def fail_stale_children(study: optuna.Study, worker: Worker) -> list[int]:
         message = f"worker {owner.get('host', '?')}:{owner.get('pid', '?')} stopped without finishing this run"
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "error", message)
+            study._storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, Failure.WORKER_STOPPED)
             study.tell(trial.number, state=TrialState.FAIL)
             failed.append(trial.number)
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):

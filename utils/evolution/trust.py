@@ -47,7 +47,7 @@ class TrustReport:
 
     def sentence(self) -> str:
         if self.base is None:
-            return "no base result yet: the base hyp (child 0) has not finished"
+            return "no base result yet: the base hyp has not finished a run"
         if not self.plan.confirm or not self.plan.confirm_seeds:
             return self.unconfirmed_sentence()
         if not self.confirmed:
