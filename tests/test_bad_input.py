@@ -188,7 +188,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from utils.run_dir import RunFolderLock
-RunFolderLock(Path({folder!r})).acquire()
+held = RunFolderLock(Path({folder!r})).acquire()  # held while referenced, as a training run holds it
 print("locked", flush=True)
 time.sleep(600)
 """

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,14 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.data.config import DATA_FOLDER, extract_zip, load_data_config, resolve_yaml_path, training_defaults
+from utils.data.config import (
+    DATA_FOLDER,
+    dataset_lock,
+    extract_zip,
+    load_data_config,
+    resolve_yaml_path,
+    training_defaults,
+)
 from utils.errors import UserError
 
 
@@ -217,6 +227,35 @@ def test_file_url_download(tmp_path: Path) -> None:
     content = {"path": "remote", "train": "images/train", "val": "images/train", "names": ["a"]}
     config = load_data_config(_write_yaml(tmp_path, {**content, "download": archive.as_uri()}))
     assert len(config.image_files("val")) == 1
+
+
+LOADER = """
+import sys
+sys.path.insert(0, {root!r})
+from utils.data.config import load_data_config
+print("ready", flush=True)
+print(len(load_data_config({yaml!r}).image_files("train")), flush=True)
+"""
+
+
+def test_workers_starting_together_download_once(tmp_path: Path) -> None:
+    """A worker that finds the data missing waits on the dataset's lock; when the worker holding it (here, the test)
+    has extracted the data, the waiting one finds it there and downloads nothing (its URL is gone by then)."""
+    archive, spare = tmp_path / "local.zip", tmp_path / "spare.zip"
+    _zip_dataset(spare)
+    archive.write_bytes(spare.read_bytes())
+    content = {"path": "remote", "train": "images/train", "val": "images/train", "names": ["a"]}
+    yaml_path = _write_yaml(tmp_path, {**content, "download": archive.as_uri()})
+    code = LOADER.format(root=str(Path(__file__).resolve().parents[1]), yaml=str(yaml_path))
+    with dataset_lock(tmp_path / "remote"):  # the first worker, downloading
+        waiting = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)  # fmt: skip
+        assert waiting.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # long enough to have found the data missing and asked for the lock
+        archive.unlink()
+        extract_zip(spare, tmp_path)
+    output = waiting.communicate(timeout=120)[0]
+    assert waiting.returncode == 0 and output.strip().splitlines() == ["1"], output  # nothing downloaded
 
 
 def test_training_defaults_are_checked_and_hyp_resolves_beside_the_yaml(tmp_path: Path) -> None:

@@ -3,14 +3,17 @@ training process holds on its folder."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from utils.errors import UserError
+from utils.files import write_atomic
 
 TRAIN_LOCK_NAME = ".train.lock"
+TRAIN_OWNER_NAME = ".train.owner"  # who holds the lock, to name in a refusal (the lock file itself may be emptied)
 
 
 def make_folder(path: Path) -> Path:
@@ -61,39 +64,39 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True)
 class RunFolderLock:
     """An exclusive lock on a training run folder, held while a process trains into it.
 
-    It is a kernel ``flock`` on ``<run>/.train.lock``, which the kernel releases when the process exits, however it
-    dies (SIGKILL, a crash, a reboot): a lock left by a dead process never blocks. The file holds the owner's host
-    and pid only to name it in the refusal; the file itself is never what decides.
+    It is ``filelock``'s lock on ``<run>/.train.lock``: an OS lock (``flock``, or Windows' own) that is released
+    when the process exits, however it dies (SIGKILL, a crash, a reboot), so a lock left by a dead process never
+    blocks. ``<run>/.train.owner`` holds the owner's host and pid only to name it in the refusal; that file is never
+    what decides.
     """
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / TRAIN_LOCK_NAME
-        self.handle: int | None = None
+        self.owner_path = Path(folder) / TRAIN_OWNER_NAME
+        self.lock = FileLock(str(self.path), timeout=0)
 
     def acquire(self, what: str = "train into") -> RunFolderLock:
         """Take the lock, or raise a one-line ``UserError`` naming the process that holds it."""
-        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(handle, 200).decode(errors="replace").strip() or "another process"
-            os.close(handle)
+            self.lock.acquire()
+        except Timeout:
+            try:
+                owner = self.owner_path.read_text(errors="replace")[:200].strip()
+            except OSError:
+                owner = ""
             raise UserError(
-                f"cannot {what} {self.path.parent}: it is in use by a training process ({owner}); "
+                f"cannot {what} {self.path.parent}: it is in use by a training process ({owner or 'another process'}); "
                 "wait for it to finish, or use another run"
             ) from None
-        os.ftruncate(handle, 0)
-        os.write(handle, f"host {socket.gethostname()} pid {os.getpid()}\n".encode())
-        self.handle = handle
+        write_atomic(self.owner_path, f"host {socket.gethostname()} pid {os.getpid()}\n")
         return self
 
     def release(self) -> None:
-        if self.handle is not None:
-            os.close(self.handle)  # closing the descriptor drops the flock
-            self.handle = None
+        if self.lock.is_locked:
+            self.lock.release()
 
     def __enter__(self) -> RunFolderLock:
-        return self.acquire() if self.handle is None else self
+        return self if self.lock.is_locked else self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()

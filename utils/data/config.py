@@ -140,7 +140,7 @@ def load_data_config(path: str | Path) -> DataConfig:
         splits = _split_sources(content, root, yaml_path)
     elif _missing_sources(splits):
         if content.get("download") is not None:
-            download_zip(content["download"], root.parent, yaml_path)
+            _download(content, root, yaml_path)
         splits = _split_sources(content, root, yaml_path)  # entries may now resolve to a different candidate
     missing = _missing_sources(splits)
     if missing:
@@ -202,14 +202,28 @@ def _generate(options: object, root: Path, yaml_path: Path) -> None:
     hint = f"point 'path' in {yaml_path} at a new or empty folder, or move {root} away first"
     check_replaceable(root, hint)  # fail before waiting on the lock; checked again under it
     root.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (one per GPU in an evolve run) may start together: one generates, the others wait.
-    with FileLock(str(root.parent / f".{root.name}.lock")):
+    with dataset_lock(root):
         if is_generated(root, **arguments):
             return  # another process generated it while this one waited
         check_replaceable(root, hint)
         stale = " (replacing a copy made by another generator version or options)" if root.exists() else ""
         print(f"Generating dataset {root}{stale} ...")
         generate_dataset(root, **arguments)
+
+
+def dataset_lock(root: Path) -> FileLock:
+    """The lock beside a dataset folder that its generation or download holds: several processes (one per GPU in an
+    evolve run) may start together, so one makes the data while the others wait, then find it made."""
+    return FileLock(str(root.parent / f".{root.name}.lock"))
+
+
+def _download(content: dict, root: Path, yaml_path: Path) -> None:
+    """Download the data yaml's ``download:`` zip next to ``root`` once, under the dataset's lock."""
+    url = _check_download_url(content["download"], yaml_path)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(root):
+        if _missing_sources(_split_sources(content, root, yaml_path)):  # not downloaded by another process meanwhile
+            download_zip(url, root.parent, yaml_path)
 
 
 def _check_download_url(url: object, yaml_path: Path) -> str:

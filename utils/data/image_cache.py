@@ -23,6 +23,10 @@ GIGABYTE = 1 << 30
 LoadedImage = tuple[np.ndarray, tuple[int, int], tuple[int, int]]  # (BGR image, (h0, w0), (h, w))
 
 
+class CacheDoesNotFit(UserError):
+    """The cache would not fit in the free memory or disk space (a caller may go on without one)."""
+
+
 def resized_shape(width: int, height: int, img_size: int) -> tuple[int, int]:
     """(h, w) once the long side is scaled to ``img_size``."""
     ratio = img_size / max(width, height)
@@ -82,7 +86,7 @@ class ImageCache:
         else:
             free, where = shutil.disk_usage(self.split.image_files[0].parent).free, "disk space"
         if self.bytes_needed > free * (1 - SAFETY_MARGIN):
-            raise UserError(
+            raise CacheDoesNotFit(
                 f"--cache {self.mode} for {self.split.name} needs {self.bytes_needed / GIGABYTE:.2f} GB but only "
                 f"{free / GIGABYTE:.2f} GB of {where} is free; use a smaller --img or no --cache"
             )

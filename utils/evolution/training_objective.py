@@ -149,6 +149,7 @@ def train_child(
 
 def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
+    from utils.data.image_cache import CacheDoesNotFit
     from utils.data.prepared import prepare_data
     from utils.training.checkpoint import load_checkpoint
     from utils.training.trainer import FittedAnchors, check_run
@@ -164,8 +165,8 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
         load_checkpoint(job.options.weights)  # a missing or corrupt file fails now, not after the dataset scan
     try:  # RAM by default, so children never decode an image twice
         data = prepare_data(job.data, job.img_size, job.cache or "ram", single_cls=job.options.single_cls)
-    except UserError as error:
-        if job.cache or "memory" not in str(error):
+    except CacheDoesNotFit as error:
+        if job.cache:
             raise
         LOGGER.info(f"not caching images in RAM ({error}); children will read them from disk")
         data = prepare_data(job.data, job.img_size, None, single_cls=job.options.single_cls)
