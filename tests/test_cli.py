@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -147,10 +150,19 @@ def test_fraction_and_non_finite_flags_are_refused_naming_the_flag(parser, flags
     assert str(error.value) == message
 
 
-def test_a_non_finite_fitness_weight_is_refused_before_any_training():
-    # it was taken, and every child of an evolution then failed with "fitness is nan" after training in full
-    args = cli.parse_train_args(["--fitness", "mAP50=nan", "--evolve", "2"])
-    with pytest.raises(UserError, match="fitness weight for 'mAP50' must be a finite number, got 'nan'"):
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("mAP50=nan", "fitness weight for 'mAP50' must be a finite number >= 0, got 'nan'"),
+        ("mAP50=-1", "fitness weight for 'mAP50' must be a finite number >= 0, got '-1'"),
+        ("mAP50=0,mAP50-95=0", "fitness weights 'mAP50=0,mAP50-95=0' are all zero"),
+    ],
+)
+def test_a_fitness_weight_that_scores_nothing_useful_is_refused_before_any_training(weights, message):
+    # nan was taken, and every child of an evolution then failed with "fitness is nan" after training in full; -1
+    # and all zeros trained with exit 0, ranking children by the opposite of their mAP or not at all
+    args = cli.parse_train_args(["--fitness", weights, "--evolve", "2"])
+    with pytest.raises(UserError, match=re.escape(message)):
         cli.build_train_options(args, torch.device("cpu"))
 
 
@@ -165,3 +177,71 @@ def test_evolve_entry_point_defaults_to_300_children(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "evolve.py"), "--epochs", "0"], capture_output=True,
                             text=True, cwd=ROOT, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr
+
+
+# For every train.py option an evolution records, a command line that changes it (on top of BASE_EVOLVE).
+BASE_EVOLVE = ["--evolve", "2"]
+CHANGED = {
+    "weights": ["--weights", "other.pt", "--cfg", "yolov5n.yaml"],
+    "freeze": ["--freeze", "3"],
+    "cfg": ["--cfg", "yolov5s.yaml"],
+    "data": ["--data", "coco128.yaml"],
+    "epochs": ["--epochs", "7"],
+    "batch_size": ["--batch", "8"],
+    "imgsz": ["--img", "320"],
+    "noautoanchor": ["--noautoanchor"],
+    "label_smoothing": ["--label-smoothing", "0.1"],
+    "patience": ["--patience", "5"],
+    "deterministic": ["--deterministic"],
+    "fitness": ["--fitness", "mAP50-95=1"],
+    "gpu_augment": ["--gpu-augment", "on"],
+    "cpu_fast": ["--no-cpu-fast"],
+    "nbs": ["--nbs", "64"],
+    "min_warmup_iters": ["--min-warmup-iters", "0"],
+    "optimizer": ["--optimizer", "SGD"],
+    "scheduler": ["--scheduler", "step"],
+    "cos_lr": ["--cos-lr"],
+    "lr_step_size": ["--lr-step-size", "4"],
+    "lr_milestones": ["--lr-milestones", "3", "5"],
+    "lr_gamma": ["--lr-gamma", "0.5"],
+    "lr_patience": ["--lr-patience", "3"],
+    "min_lr_epochs": ["--min-lr-epochs", "2"],
+    "close_mosaic": ["--close-mosaic", "2"],
+    "lr_fit": ["--lr-fit"],
+    "single_cls": ["--single-cls"],
+    "rect": ["--rect"],
+    "multi_scale": ["--multi-scale"],
+    "image_weights": ["--image-weights"],
+    "confirm": ["--confirm", "5"],
+    "fidelity": ["--fidelity", "2"],
+    "fidelity_epochs": ["--fidelity-epochs", "9"],
+}
+# Recorded by the evolution itself, from the hyp and meta it is given and its own arguments (tests in
+# test_evolution_runner.py): the hyp's values, the search space, the seed, the pruner, the seeds per confirmation.
+RECORDED_BY_THE_RUN = {"hyp", "meta", "freeze_hyp", "seed", "prune", "confirm_seeds"}
+
+
+def test_every_train_option_is_recorded_on_the_study_or_listed_as_free_to_differ():
+    dests = {action.dest for action in cli.train_parser()._actions} - {"help"}
+    assert dests - set(CHANGED) - RECORDED_BY_THE_RUN - cli.evolve_cli.MAY_DIFFER == set()
+    assert set(CHANGED) & cli.evolve_cli.MAY_DIFFER == set()
+
+
+@pytest.mark.parametrize("dest", sorted(CHANGED))
+def test_a_worker_whose_recorded_option_differs_is_refused_naming_it(tmp_path, dest):
+    from utils.evolution.runner import check_setup
+    from utils.evolution.search_space import validate_search_space
+    from utils.training.hyp import load_hyp
+
+    device = torch.device("cpu")
+    first = cli.evolution_setup(cli.parse_train_args(BASE_EVOLVE), device)
+    other = cli.evolution_setup(cli.parse_train_args([*BASE_EVOLVE, *CHANGED[dest]]), device)
+    key = cli.evolve_cli.RECORDED_AS.get(dest, dest)
+    assert first[key] != other[key]
+    study = optuna.create_study(direction="maximize", study_name="evo")
+    space = validate_search_space(load_hyp(), load_meta(), ())
+    check_setup(study, space, json.loads(json.dumps(first)))  # as the storage keeps it
+    check_setup(study, space, first)  # the same worker again joins
+    with pytest.raises(UserError, match=rf"study 'evo' was started with a different .*\b{key}\b") as error:
+        check_setup(study, space, other)
+    assert f"{key}=" in str(error.value) or f"{key}." in str(error.value), "the study's value is named"

@@ -218,9 +218,11 @@ def test_the_optimizer_is_pinned_unless_it_is_a_gene(tmp_path):
     study = run(prefers_adamw, choice_hyp(), choice_meta(), 1, run_dir=tmp_path / "gene", setup=sgd,
                 trust=NO_REPEATS, plots=False)  # fmt: skip
     assert "optimizer" not in study.user_attrs["setup"] and study.user_attrs["setup"]["data"] == "a.yaml"
-    study = run(prefers_adamw, choice_hyp("AdamW"), choice_meta(), 2, run_dir=tmp_path / "gene", setup=adamw,
-                trust=NO_REPEATS, plots=False)  # fmt: skip
-    assert len(study.trials) == 2, "another --optimizer only changes the base child, which is already done"
+    # As a gene the optimizer is part of the base hyp, which every worker must share (the base child, and the
+    # first children that mutate it): another --optimizer is refused as another hyp value.
+    with pytest.raises(UserError, match="different hyp; .* the study has hyp.optimizer='SGD'"):
+        run(prefers_adamw, choice_hyp("AdamW"), choice_meta(), 2, run_dir=tmp_path / "gene", setup=adamw,
+            trust=NO_REPEATS, plots=False)  # fmt: skip
 
     study = run(prefers_adamw, choice_hyp(), choice_meta(), 1, run_dir=tmp_path / "frozen", setup=sgd,
                 freeze=("optimizer",), trust=NO_REPEATS, plots=False)  # fmt: skip

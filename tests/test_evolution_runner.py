@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import Counter
@@ -268,3 +269,24 @@ def test_an_evaluation_that_fails_by_itself_is_given_up_whatever_its_message(tmp
     ]
     assert failed and all(failure == "objective" for failure, _ in failed)
     assert set(Counter(child for _, child in failed).values()) == {2}  # each task given up after its second failure
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"base_hyp": {**load_hyp(), "lr0": 0.02, "momentum": 0.9}}, "hyp.lr0=0.01, hyp.momentum=0.937"),
+        ({"meta": {**load_meta(), "lr0": dataclasses.replace(load_meta()["lr0"], high=0.05)}}, "search_space"),
+        ({"freeze": ("lr0",)}, "search_space"),
+        ({"seed": 1}, "seed=0"),
+        ({"prune": "median"}, "pruner='none'"),
+        ({"trust": TrustPlan(confirm_seeds=3)}, "confirm_seeds=2"),
+    ],
+)
+def test_a_worker_whose_hyp_search_or_seeds_differ_is_refused_naming_the_study_values(tmp_path, change, named):
+    arguments = {"base_hyp": load_hyp(), "meta": load_meta(), "run_dir": tmp_path, "plots": False}
+    run(instant, n=1, **arguments)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    with pytest.raises(UserError, match="was started with a different") as error:
+        run(instant, n=2, **{**arguments, **change})
+    assert named in str(error.value)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before

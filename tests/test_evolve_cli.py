@@ -41,6 +41,19 @@ def test_train_evolve_writes_all_views_and_resumes(tiny_dataset, tmp_path):
     assert lines[-1].startswith("evolve: verdict: "), lines[-3:]
     assert len(csv_rows(run_dir / "confirm.csv")) >= 1 + 2, "the base was trained with two more seeds"
 
+    # A worker (or rerun) that would measure something else is refused before it writes anything.
+    hyp = tmp_path / "hyp.other.yaml"
+    hyp.write_text(yaml.safe_dump({**yaml.safe_load(Path(ROOT / "data/hyps/hyp.scratch-low.yaml").read_text()),
+                                   "lr0": 0.02}))  # fmt: skip
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    for changed in (["--fitness", "mAP50-95=1"], ["--batch", "8"], ["--hyp", str(hyp)]):
+        refused = run_evolve(tiny_dataset, tmp_path, 4, "--exist-ok", *changed)
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert refused.returncode == 2 and len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "was started with a different" in errors[0], errors[0]
+    assert "hyp.lr0=0.01" in errors[0]
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
     again = run_evolve(tiny_dataset, tmp_path, 4, "--exist-ok")
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(csv_rows(run_dir / "evolve.csv")) == 1 + 4, "rerunning resumes toward N instead of adding N more"
@@ -114,3 +127,12 @@ def test_evolve_with_halving_reports_epochs_trained_as_steps(tiny_dataset, tmp_p
         assert set(trial.intermediate_values) <= {1, 2} and 1 in trial.intermediate_values, "step = epochs trained"
     completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     assert len(csv_rows(tmp_path / "evo" / "evolve.csv")) == 1 + len(completed)
+
+
+def test_a_negative_fitness_weight_is_refused_before_any_work(tiny_dataset, tmp_path):
+    result = run_evolve(tiny_dataset, tmp_path, 2, "--fitness", "mAP50=-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: fitness weight for 'mAP50' must be a finite number >= 0, got '-1'"
+    )
+    assert not (tmp_path / "evo").exists()

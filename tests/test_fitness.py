@@ -29,7 +29,7 @@ def test_parse_fitness_weights(text: str, expected: dict[str, float]) -> None:
 
 
 def test_parsed_weights_drive_fitness() -> None:
-    assert fitness(METRICS, parse_fitness_weights("P=1,R=-1")) == pytest.approx(0.2)
+    assert fitness(METRICS, parse_fitness_weights("P=1,R=0.5,mAP50=0")) == pytest.approx(0.8 + 0.5 * 0.6)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,11 @@ def test_parsed_weights_drive_fitness() -> None:
         ("mAP50=high", "not a number"),
         ("mAP50=1,metrics/mAP_0.5=2", "given twice"),
         (" , ", "no fitness weights"),
+        ("mAP50=-1", "must be a finite number >= 0, got '-1'"),
+        ("mAP50=-0.5,mAP50-95=1", "must be a finite number >= 0"),
+        ("mAP50=inf", "must be a finite number >= 0"),
+        ("mAP50=0", "are all zero"),
+        ("mAP50=0,mAP50-95=0.0", "are all zero"),
     ],
 )
 def test_parse_fitness_weights_rejects_bad_input(text: str, message: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from utils.errors import USER_ERROR_EXIT_CODE, UserError
+from utils.training.schedule import scheduler_name
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs"
@@ -107,3 +108,20 @@ def check_img_size(img_size: int, stride: int = 32) -> int:
     if rounded != img_size:
         LOGGER.warning(f"--img {img_size} must be a multiple of {stride}, using {rounded}")
     return rounded
+
+
+def scheduler_params(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``build_scheduler`` (name included) from parsed options; resolves --cos-lr."""
+    name = args.scheduler
+    if args.cos_lr and name is not None and scheduler_name(name) != "cos":
+        raise UserError(f"--cos-lr contradicts --scheduler {name}; pass only one of them")
+    name = scheduler_name(name) if name is not None else ("cos" if args.cos_lr else "linear")
+    hold_epochs = args.close_mosaic if args.min_lr_epochs is None else args.min_lr_epochs
+    return {
+        "name": name,
+        "step_size": args.lr_step_size,
+        "milestones": args.lr_milestones,
+        "gamma": args.lr_gamma,
+        "patience": args.lr_patience,
+        "hold_epochs": hold_epochs,
+    }

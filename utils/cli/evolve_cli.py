@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.common_cli import LOGGER, RUNS
+from utils.cli.common_cli import LOGGER, RUNS, scheduler_params
 from utils.device import select_device, trains_in_bf16
+from utils.evaluation.fitness import DEFAULT_FITNESS_WEIGHTS, parse_fitness_weights
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.options import EvolveOptions
 from utils.evolution.pruning import DEFAULT_PRUNER, PRUNERS
@@ -104,18 +105,49 @@ def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
     )
 
 
+# train.py options that may differ between the workers of one study: where and how fast a worker runs, where the
+# study and its views live, how many children it makes and how it picks the next one, and options that change
+# nothing in a child (children save no checkpoints, validate as the evolution says, and never resume or run DDP).
+# Every other option changes what a child trains or how it is scored, so it is recorded on the study and must match.
+MAY_DIFFER = frozenset({
+    "device", "workers", "cache",
+    "name", "project", "exist_ok", "storage", "noplots", "save_children",
+    "evolve", "evolve_from", "sampler", "parent_selection",
+    "nosave", "noval", "save_period", "resume", "sync_bn", "local_rank",
+})  # fmt: skip
+# Recorded in another form: the hyp's values, the search space (--meta, --freeze-hyp), the seed, the pruner and the
+# seeds per confirmation by the evolution itself (utils.evolution.runner); the schedule flags as the schedule they
+# resolve to, --fitness as its weights, --cpu-fast as whether children train in bf16. Not options: how a value was
+# given (``*_given``).
+RECORDED_AS = {
+    "hyp": "hyp", "meta": "search_space", "freeze_hyp": "search_space", "seed": "seed", "prune": "pruner",
+    "confirm_seeds": "confirm_seeds", "scheduler": "scheduler", "cos_lr": "scheduler", "lr_step_size": "scheduler",
+    "lr_milestones": "scheduler", "lr_gamma": "scheduler", "lr_patience": "scheduler", "min_lr_epochs": "scheduler",
+    "fitness": "fitness", "cpu_fast": "cpu_fast", "imgsz": "img",
+}  # fmt: skip
+NOT_OPTIONS = ("cfg_given", "optimizer_given", "typed_flags")
+
+
 def evolution_setup(args: argparse.Namespace, device: torch.device | None = None) -> dict[str, object]:
-    """What every child of one study must share: a worker started with other values may not join it.
+    """What every child of one study must share: a worker started with other values may not join it. Every option
+    outside ``MAY_DIFFER``, as json-safe values under its name (``imgsz`` as ``img``, as recorded from the start).
 
     ``cpu_fast`` is recorded as what takes effect, bf16 training (a CPU that runs it natively): on CUDA, or on a CPU
     without native bf16, the flag changes no figure, so such workers share a study with --no-cpu-fast ones."""
     device = device if device is not None else select_device(args.device)
-    bf16 = trains_in_bf16(args.cpu_fast, device)
-    keys = {"data": str(args.data), "cfg": str(args.cfg), "img": args.imgsz, "epochs": args.epochs}
-    start = {"weights": str(args.weights), "freeze": list(args.freeze)}  # children fine-tuned alike
-    # The training modes change what a child trains on or is scored on (one class), so fitness values from
-    # different modes are not comparable (nor are bf16 and float32 children: --cpu-fast); --save-period is not
-    # here, children save no epoch files.
-    modes = {"single_cls": args.single_cls, "rect": args.rect, "multi_scale": args.multi_scale,
-             "image_weights": args.image_weights, "cpu_fast": bf16}  # fmt: skip
-    return {**keys, "optimizer": str(args.optimizer), "nbs": args.nbs, **start, **modes}
+    setup = {
+        key: json_safe(value)
+        for key, value in vars(args).items()
+        if key not in MAY_DIFFER and key not in RECORDED_AS and key not in NOT_OPTIONS
+    }
+    fitness = parse_fitness_weights(args.fitness) if args.fitness else DEFAULT_FITNESS_WEIGHTS
+    resolved = {"img": args.imgsz, "scheduler": scheduler_params(args), "fitness": dict(fitness),
+                "cpu_fast": trains_in_bf16(args.cpu_fast, device)}  # fmt: skip
+    return {**setup, **resolved, "optimizer": str(args.optimizer)}
+
+
+def json_safe(value: object) -> object:
+    """``value`` as the study's json keeps it: tuples as lists, paths and other objects as strings."""
+    if isinstance(value, tuple | list):
+        return [json_safe(item) for item in value]
+    return value if isinstance(value, bool | int | float | str | type(None)) else str(value)

@@ -11,14 +11,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from utils.cli.common_cli import FLAG_MINIMUMS, RUNS, CliParser, StoreGiven, add_run_folder_arguments
+from utils.cli.common_cli import (
+    FLAG_MINIMUMS,
+    RUNS,
+    CliParser,
+    StoreGiven,
+    add_run_folder_arguments,
+    scheduler_params,
+)
 from utils.cli.evolve_cli import add_evolve_arguments, evolution_setup
 from utils.errors import UserError
 from utils.evaluation.fitness import parse_fitness_weights
 from utils.training.hyp import DEFAULT_HYP, read_hyp_file
 from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, frozen_layer_indices, optimizer_name
 from utils.training.options import DistributedOptions, OutputOptions, TrainOptions
-from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS, scheduler_name
+from utils.training.schedule import MIN_WARMUP_ITERS, SCHEDULERS
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_CFG = "yolov5n.yaml"
@@ -163,23 +170,6 @@ def check_data_defaults(defaults: dict[str, object], data: str) -> None:
             optimizer_name(str(defaults["optimizer"]))
         except UserError as error:
             raise UserError(f"{data}: 'defaults': {error}") from None
-
-
-def scheduler_params(args: argparse.Namespace) -> dict:
-    """The keyword arguments of ``build_scheduler`` (name included) from parsed options; resolves --cos-lr."""
-    name = args.scheduler
-    if args.cos_lr and name is not None and scheduler_name(name) != "cos":
-        raise UserError(f"--cos-lr contradicts --scheduler {name}; pass only one of them")
-    name = scheduler_name(name) if name is not None else ("cos" if args.cos_lr else "linear")
-    hold_epochs = args.close_mosaic if args.min_lr_epochs is None else args.min_lr_epochs
-    return {
-        "name": name,
-        "step_size": args.lr_step_size,
-        "milestones": args.lr_milestones,
-        "gamma": args.lr_gamma,
-        "patience": args.lr_patience,
-        "hold_epochs": hold_epochs,
-    }
 
 
 def build_train_options(

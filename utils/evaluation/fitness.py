@@ -43,12 +43,14 @@ def parse_fitness_weights(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             raise UserError(f"fitness weight for {name.strip()!r} is not a number: {value.strip()!r}") from None
-        if not math.isfinite(weight):
-            raise UserError(f"fitness weight for {name.strip()!r} must be a finite number, got {value.strip()!r}")
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"fitness weight for {name.strip()!r} must be a finite number >= 0, got {value.strip()!r}")
         full_name = resolve_metric_name(name)
         if full_name in weights:
             raise UserError(f"fitness metric {name.strip()!r} is given twice in {text!r}")
         weights[full_name] = weight
     if not weights:
         raise UserError(f"no fitness weights in {text!r}; expected e.g. mAP50-95=0.9,mAP50=0.1")
+    if not any(weights.values()):
+        raise UserError(f"fitness weights {text!r} are all zero: every child would score 0; give one a weight > 0")
     return weights

@@ -109,7 +109,7 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
         if spec.type == "choice":
             genes[key].append(list(spec.choices))
     pinned = {key: value for key, value in (setup or {}).items() if key not in space.genes}
-    current = {"hyp_keys": list(space.base_hyp), "search_space": genes, **pinned}
+    current = {"hyp_keys": list(space.base_hyp), "hyp": dict(space.base_hyp), "search_space": genes, **pinned}
     recorded = study.user_attrs.get(SETUP_ATTR)
     if recorded is None or not set(current) <= set(recorded):  # new, or made before some keys were recorded
         earlier = {key: value for key, value in SETUP_BEFORE_RECORDED.items() if key in current and recorded}
@@ -117,13 +117,22 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
         recorded = study.user_attrs[SETUP_ATTR]
     differing = sorted(key for key in set(current) | set(recorded) if current.get(key) != recorded.get(key))
     if differing:
-        # Short recorded values are named, so that a rerun can match them (cpu_fast=False: add --no-cpu-fast).
-        shown = [f"{key}={recorded.get(key)!r}" for key in differing if len(repr(recorded.get(key))) <= 40]
+        # The recorded values are named, so that a rerun can match them (cpu_fast=False: add --no-cpu-fast).
+        shown = [text for key in differing for text in recorded_values(key, recorded.get(key), current.get(key))]
         raise UserError(
             f"study '{study.study_name}' was started with a different {', '.join(differing)}; "
             "use another --name to start a new evolution (--evolve-from can seed it from the old evolve.csv)"
             + (f"; the study has {', '.join(shown)}: rerun with flags that give these to continue it" if shown else "")
         )
+
+
+def recorded_values(key: str, recorded: object, current: object, most: int = 4) -> list[str]:
+    """``key=value`` for a short recorded value; for a mapping (the hyp, the fitness weights), its entries that
+    differ from ``current``'s (``hyp.lr0=0.01``), the first ``most`` of them."""
+    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
+        keys = [name for name in {**recorded, **current} if recorded.get(name) != current.get(name)]
+        return [f"{key}.{name}={recorded.get(name)!r}" for name in keys[:most]] + (["..."] if keys[most:] else [])
+    return [f"{key}={recorded!r}"] if len(repr(recorded)) <= 40 else []
 
 
 def run(

@@ -199,8 +199,8 @@ def open_study(
     and not ``study_name`` is a copied or renamed run folder, whose finished children a new study would hide from
     the views, so it is refused. A shared database (``storage``) holds many studies by design."""
     opened = open_storage(run_dir, storage)
+    names = {study.study_name for study in opened.get_all_studies()}
     if storage is None:
-        names = {study.study_name for study in opened.get_all_studies()}
         others = sorted(name for name in names if not name.endswith(EVALUATIONS_SUFFIX))
         if others and study_name not in names:
             raise UserError(
@@ -209,14 +209,17 @@ def open_study(
                 f"folder, or start a new --name with --evolve-from {run_dir / 'evolve.csv'}"
             )
     try:
-        study = optuna.create_study(
-            storage=opened,
-            study_name=study_name,
-            sampler=sampler,
-            pruner=pruner,
-            direction="maximize",
-            load_if_exists=True,
-        )
+        if study_name in names:  # joined without a write, so that a worker refused by the setup check changes nothing
+            study = optuna.load_study(storage=opened, study_name=study_name, sampler=sampler, pruner=pruner)
+        else:
+            study = optuna.create_study(
+                storage=opened,
+                study_name=study_name,
+                sampler=sampler,
+                pruner=pruner,
+                direction="maximize",
+                load_if_exists=True,
+            )
     except (ValueError, KeyError, TypeError, AssertionError) as error:
         if storage is not None:
             raise
