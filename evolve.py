@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from utils import cli
 from utils.errors import run_cli
+
+TRAIN_PY = Path(__file__).resolve().parent / "train.py"  # what each worker of a --children-per-device command runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.evolve is None:
         args.evolve = cli.DEFAULT_CHILDREN
     cli.check_flags(args)
-    evolve_training(cli.build_evolve_options(args), cli.build_training_job(args))
+    evolution, job = cli.build_evolve_options(args), cli.build_training_job(args)
+    workers = cli.evolution_workers(args, sys.argv[1:] if argv is None else argv, TRAIN_PY, evolution.run_dir)
+    evolve_training(evolution, job, workers)
 
 
 if __name__ == "__main__":

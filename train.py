@@ -25,9 +25,7 @@ def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cli.check_flags(args)
     if args.evolve is not None:
-        from utils.evolution.training_objective import evolve_training
-
-        evolve_training(cli.build_evolve_options(args), cli.build_training_job(args))
+        evolve(args, sys.argv[1:])
         return
     from utils.training.launch import TrainJob, claim_run_to_resume, resume_checkpoint_path, resume_state, run_training
 
@@ -43,6 +41,14 @@ def main(args: argparse.Namespace) -> None:
     hyp = hyp or cli.load_train_hyp(args)  # a hyp file may name the optimizer: before the options are built
     options = cli.build_train_options(args, device, rank, world_size)  # checks the flags before any data work
     run_training(TrainJob(hyp, options, args.data, args.imgsz, args.cache, run_dir, args.exist_ok), lock)
+
+
+def evolve(args: argparse.Namespace, argv: list[str]) -> None:
+    """This process evolves, or (several devices, --children-per-device) starts the workers that do."""
+    from utils.evolution.training_objective import evolve_training
+
+    evolution, job = cli.build_evolve_options(args), cli.build_training_job(args)
+    evolve_training(evolution, job, cli.evolution_workers(args, argv, Path(__file__).resolve(), evolution.run_dir))
 
 
 if __name__ == "__main__":

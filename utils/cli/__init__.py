@@ -22,6 +22,7 @@ from utils.cli.evolve_cli import (
     add_trust_arguments,
     build_evolve_options,
     evolution_setup,
+    evolution_workers,
     parse_freeze,
 )
 from utils.cli.infer_cli import build_annotate_options, detect_parser, val_parser
@@ -41,6 +42,6 @@ __all__ = [
     "DEFAULT_CHILDREN", "FLAG_MINIMUMS", "ROOT", "RUNS", "TRUST_FLAGS", "CliParser", "StoreGiven",
     "add_evolve_arguments", "add_run_folder_arguments", "add_schedule_arguments", "add_trust_arguments",
     "build_annotate_options", "build_evolve_options", "build_train_options", "build_training_job", "check_flags",
-    "check_img_size", "detect_parser", "evolution_setup", "load_train_hyp", "parse_freeze", "parse_train_args",
-    "recorded_options", "resumed_args", "scheduler_params", "train_parser", "val_parser",
+    "check_img_size", "detect_parser", "evolution_setup", "evolution_workers", "load_train_hyp", "parse_freeze",
+    "parse_train_args", "recorded_options", "resumed_args", "scheduler_params", "train_parser", "val_parser",
 ]  # fmt: skip

@@ -57,6 +57,7 @@ FLAG_MINIMUMS = (
     ("--patience", "patience", 0, "epochs without improvement"),
     ("--close-mosaic", "close_mosaic", 0, "final epochs without mosaic"),
     ("--evolve", "evolve", 1, "children"),
+    ("--children-per-device", "children_per_device", 1, "evolution workers per device"),
     ("--max-det", "max_det", 1, "detections per image"),
     ("--confirm", "confirm", 0, "children to confirm"),
     ("--confirm-seeds", "confirm_seeds", 0, "seeds per confirmed child"),

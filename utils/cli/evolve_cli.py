@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ from utils.cli.common_cli import LOGGER, RUNS, scheduler_params
 from utils.device import select_device, trains_in_bf16
 from utils.evaluation.fitness import DEFAULT_FITNESS_WEIGHTS, parse_fitness_weights
 from utils.evolution.evaluations import TrustPlan
+from utils.evolution.launcher import WorkerSpec, cpu_threads
 from utils.evolution.options import EvolveOptions
 from utils.evolution.pruning import DEFAULT_PRUNER, PRUNERS
 from utils.evolution.sampler import PARENT_SELECTIONS, SAMPLERS
@@ -48,6 +51,10 @@ def add_evolve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help=f"stop lagging children early: {', '.join(PRUNERS)} (bare flag: {DEFAULT_PRUNER})",
     )
     group.add_argument("--save-children", action="store_true", help="keep every child's files under children/")
+    per_device = "start K workers on each --device (several CUDA devices: one each by default), all in one study"
+    group.add_argument("--children-per-device", type=int, default=1, metavar="K", help=per_device)
+    # set by a command that starts several workers, on each of them: the pid of that command
+    group.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     parents = "classic only (ga mutates the base first): one fitness-weighted parent (yolov5) or the top 5's mean"
     group.add_argument("--parent-selection", choices=PARENT_SELECTIONS, default="single", help=parents)
     add_trust_arguments(parser)
@@ -102,7 +109,56 @@ def build_evolve_options(args: argparse.Namespace) -> EvolveOptions:
         save_children=args.save_children,
         plots=not args.noplots,
         trust=TrustPlan(args.confirm, args.confirm_seeds, args.fidelity, args.fidelity_epochs or 3 * args.epochs),
+        parent_pid=args.worker_of,
     )
+
+
+def evolution_devices(args: argparse.Namespace) -> list[str]:
+    """The devices ``--device`` lists for evolution workers: "cpu", or CUDA indices ("0,1" -> ["0", "1"])."""
+    spec = str(args.device).strip().lower().replace("cuda:", "").replace(" ", "")
+    if spec == "cpu" or (spec in ("", "cuda") and not torch.cuda.is_available()):
+        return ["cpu"]
+    return spec.split(",") if spec not in ("", "cuda") else ["0"]
+
+
+def evolution_workers(args: argparse.Namespace, argv: list[str], script: Path, run_dir: Path) -> list[WorkerSpec]:
+    """The workers one command starts: ``--children-per-device`` on each device ``--device`` lists; empty when this
+    process is the one worker (a single device and K = 1, as with the nohup loop, or a worker itself).
+
+    Each runs ``script`` with the same command line, its own ``--device`` and ``--worker-of`` this process; CPU
+    workers share the cores out (torch's intra-op threads = cores / workers, at least 1)."""
+    if args.worker_of is not None:
+        return []
+    devices, per_device = evolution_devices(args), args.children_per_device
+    if len(devices) == 1 and per_device == 1:
+        return []
+    select_device(",".join(devices))  # every listed CUDA device exists: one error now, not one per worker
+    own = [*without_options(argv, ("--device", "--children-per-device")), "--evolve", str(args.evolve)]
+    threads = cpu_threads(per_device) if devices == ["cpu"] else None
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    return [
+        WorkerSpec(
+            f"{device}_{k}",
+            [sys.executable, str(script), *own, "--device", device, "--worker-of", str(os.getpid())],
+            env,
+            run_dir / f"worker_{device}_{k}.log",
+        )  # fmt: skip
+        for device in devices
+        for k in range(per_device)
+    ]
+
+
+def without_options(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` less each of ``options`` and its one value (``--device 0,1`` or ``--device=0,1``)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in options:
+            skip = True
+        elif not token.startswith(tuple(f"{option}=" for option in options)):
+            kept.append(token)
+    return kept
 
 
 # train.py options that may differ between the workers of one study: where and how fast a worker runs, where the
@@ -113,7 +169,7 @@ MAY_DIFFER = frozenset({
     "device", "workers", "cache",
     "name", "project", "exist_ok", "storage", "noplots", "save_children",
     "evolve", "evolve_from", "sampler", "parent_selection",
-    "nosave", "noval", "save_period", "resume", "sync_bn", "local_rank",
+    "nosave", "noval", "save_period", "resume", "sync_bn", "local_rank", "children_per_device", "worker_of",
 })  # fmt: skip
 # Recorded in another form: the hyp's values, the search space (--meta, --freeze-hyp), the seed, the pruner and the
 # seeds per confirmation by the evolution itself (utils.evolution.runner); the schedule flags as the schedule they

@@ -28,6 +28,7 @@ class EvolveOptions:
     save_children: bool = False
     plots: bool = True
     trust: TrustPlan = field(default_factory=TrustPlan)  # noise, confirmation and fidelity evaluations
+    parent_pid: int | None = None  # a worker of one command (--children-per-device): stop when that process is gone
 
     def run_arguments(self) -> dict[str, object]:
         """The keyword arguments of ``utils.evolution.run`` besides the objective and the base hyp."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from utils.errors import UserError
 from utils.evaluation.metrics import MAP50, MAP50_95
 from utils.evolution.child import ChildContext
 from utils.evolution.console import epoch_line
+from utils.evolution.launcher import Progress, WorkerSpec, launch, watch_parent
 from utils.evolution.options import EvolveOptions
 from utils.evolution.runner import run
 from utils.evolution.search_space import GeneSpec
@@ -147,8 +148,9 @@ def train_child(
     return metrics
 
 
-def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
-    """Run this worker's share of the evolution: cheap checks first, then the data once, then children."""
+def evolve_training(evolution: EvolveOptions, job: TrainingJob, workers: Sequence[WorkerSpec] = ()) -> None:
+    """Run this worker's share of the evolution: cheap checks first, then the data once, then children. With
+    ``workers`` (one command, several workers), start them after the cheap checks and show their progress instead."""
     from utils.data.image_cache import CacheDoesNotFit
     from utils.data.prepared import prepare_data
     from utils.training.checkpoint import load_checkpoint
@@ -163,6 +165,11 @@ def evolve_training(evolution: EvolveOptions, job: TrainingJob) -> None:
     check_storage(evolution.run_dir, evolution.storage)
     if job.options.weights:
         load_checkpoint(job.options.weights)  # a missing or corrupt file fails now, not after the dataset scan
+    if workers:
+        launch(workers, Progress.of(evolution))
+        return
+    if evolution.parent_pid is not None:
+        watch_parent(evolution.parent_pid)
     try:  # RAM by default, so children never decode an image twice
         data = prepare_data(job.data, job.img_size, job.cache or "ram", single_cls=job.options.single_cls)
     except CacheDoesNotFit as error:
