@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import yaml
 from torch import nn
 
 from models.common import C3, SPPF, Bottleneck, Concat, Conv
-from utils.errors import UserError
+from utils.errors import UserError, one_line, printable
 
 MODELS_DIR = Path(__file__).resolve().parent
 STRIDE_PROBE_SIZE = 256  # a dummy input this size measures each level's stride at build time
@@ -29,6 +31,12 @@ MODULES: dict[str, type[nn.Module]] = {
     "Upsample": nn.Upsample,
 }
 REQUIRED_CFG_KEYS = ("depth_multiple", "width_multiple", "anchors", "backbone", "head")
+# Bounds on what a model yaml (or a checkpoint's copy of one) may build, checked before anything is allocated
+MAX_CLASSES = 10_000
+MAX_MULTIPLE = 4.0  # yolov5x uses depth 1.33 and width 1.25
+MAX_LAYERS = 256  # yolov5's yamls have 25 (P5) to 34 (P6)
+MAX_REPEATS = 64  # a layer's repeats after depth_multiple; yolov5x's deepest C3 has 12
+MAX_PARAMETERS = 500_000_000  # yolov5x6 has 141 million
 CHANNEL_MODULES = (Conv, Bottleneck, C3, SPPF)  # modules whose first arg is an output width to scale
 REPEAT_MODULES = (C3,)  # modules that take the repeat count as an argument instead of being stacked
 
@@ -160,37 +168,79 @@ def _resolve_args(name: str, args: list[Any], cfg: dict[str, Any]) -> list[Any]:
     return resolved
 
 
+def _multiples(cfg: dict[str, Any]) -> tuple[float, float]:
+    """(depth_multiple, width_multiple), each a number in (0, MAX_MULTIPLE]."""
+    multiples = []
+    for key in ("depth_multiple", "width_multiple"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_MULTIPLE:
+            raise ValueError(f"{key} must be a number above 0 and at most {MAX_MULTIPLE:g}, got {printable(value, 40)}")
+        multiples.append(float(value))
+    return multiples[0], multiples[1]
+
+
+def _repeats(repeats: Any, depth_multiple: float, layer_index: int) -> int:
+    """How many times a layer is stacked once ``depth_multiple`` applies; at most MAX_REPEATS."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int):
+        raise ValueError(f"layer {layer_index} repeats {printable(repeats, 40)} times, not a whole number")
+    scaled = max(round(repeats * depth_multiple), 1) if repeats > 1 else repeats
+    if scaled > MAX_REPEATS:
+        raise ValueError(f"layer {layer_index} repeats more than {MAX_REPEATS} times")
+    return scaled
+
+
+def _module_args(
+    module_class: type[nn.Module], args: list[Any], inputs: list[int], repeats: int, width_multiple: float
+) -> tuple[list[Any], int, int]:
+    """(constructor arguments, repeats left to stack, output channels) of one yaml row."""
+    if module_class in CHANNEL_MODULES:
+        out_channels = make_divisible(args[0] * width_multiple, 8)
+        args = [inputs[0], out_channels, *args[1:]]
+        if module_class in REPEAT_MODULES:
+            return [*args[:2], repeats, *args[2:]], 1, out_channels
+        return args, repeats, out_channels
+    if module_class is Concat:
+        return args, repeats, sum(inputs)
+    if module_class is Detect:
+        anchors = args[1]
+        if isinstance(anchors, int):  # anchors per level only: placeholders that autoanchor replaces
+            anchors = [list(range(anchors * 2))] * len(inputs)
+        return [args[0], anchors, inputs], repeats, 0
+    return args, repeats, inputs[0]
+
+
+def _make_layer(module_class: type[nn.Module], args: list[Any], repeats: int) -> nn.Module:
+    return nn.Sequential(*(module_class(*args) for _ in range(repeats))) if repeats > 1 else module_class(*args)
+
+
+def _parameter_count(make: Callable[[], nn.Module]) -> int:
+    """The parameters ``make`` would allocate, counted on the meta device, which allocates nothing."""
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in make().parameters())
+
+
 def parse_model(cfg: dict[str, Any]) -> tuple[list[nn.Module], set[int]]:
     """Build the layer list from a yolov5-style cfg. Returns (layers, indices whose outputs are reused)."""
-    depth_multiple, width_multiple = float(cfg["depth_multiple"]), float(cfg["width_multiple"])
-    channels = [3]
-    layers: list[nn.Module] = []
-    save: set[int] = set()
-    for layer_index, (from_index, repeats, name, args) in enumerate(cfg["backbone"] + cfg["head"]):
+    depth_multiple, width_multiple = _multiples(cfg)
+    rows = cfg["backbone"] + cfg["head"]
+    if len(rows) > MAX_LAYERS:
+        raise ValueError(f"the model has {len(rows)} layers (at most {MAX_LAYERS})")
+    channels, layers, save, parameters = [3], [], set(), 0
+    for layer_index, (from_index, repeats, name, args) in enumerate(rows):
         if name != "Detect" and name not in MODULES:
             raise ValueError(f"unknown module '{name}' in layer {layer_index} (known: {', '.join(MODULES)}, Detect)")
-        args = _resolve_args(name, list(args), cfg)
-        repeats = max(round(repeats * depth_multiple), 1) if repeats > 1 else repeats
+        module_class = Detect if name == "Detect" else MODULES[name]
         sources = [from_index] if isinstance(from_index, int) else list(from_index)
         inputs = [channels[index] for index in sources]
-        module_class = Detect if name == "Detect" else MODULES[name]
-        if module_class in CHANNEL_MODULES:
-            out_channels = make_divisible(args[0] * width_multiple, 8)
-            args = [inputs[0], out_channels, *args[1:]]
-            if module_class in REPEAT_MODULES:
-                args.insert(2, repeats)
-                repeats = 1
-        elif module_class is Concat:
-            out_channels = sum(inputs)
-        elif module_class is Detect:
-            anchors = args[1]
-            if isinstance(anchors, int):  # anchors per level only: placeholders that autoanchor replaces
-                anchors = [list(range(anchors * 2))] * len(sources)
-            args = [args[0], anchors, inputs]
-            out_channels = 0
-        else:
-            out_channels = inputs[0]
-        module = nn.Sequential(*(module_class(*args) for _ in range(repeats))) if repeats > 1 else module_class(*args)
+        repeats = _repeats(repeats, depth_multiple, layer_index)
+        args, repeats, out_channels = _module_args(
+            module_class, _resolve_args(name, list(args), cfg), inputs, repeats, width_multiple
+        )
+        make = functools.partial(_make_layer, module_class, args, repeats)
+        parameters += _parameter_count(make)
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(f"the model has more than {MAX_PARAMETERS:,} parameters (at layer {layer_index})")
+        module = make()
         module.layer_index, module.from_index = layer_index, from_index
         save.update(index % layer_index for index in sources if index != -1)
         layers.append(module)
@@ -245,16 +295,16 @@ def builtin_cfg_name(cfg: dict[str, Any]) -> str | None:
 def build_model(cfg: str | Path | dict, num_classes: int, anchors_per_level: int | None = None) -> DetectionModel:
     """Build a DetectionModel from a model yaml (name, path or dict); bad cfgs raise UserError."""
     cfg_dict = cfg if isinstance(cfg, dict) else load_model_cfg(cfg)
-    cfg_name = cfg_dict.get("cfg_name", "<dict>")
-    missing = [
-        key for key in ("depth_multiple", "width_multiple", "anchors", "backbone", "head") if key not in cfg_dict
-    ]
+    cfg_name = printable(cfg_dict.get("cfg_name", "<dict>"), 100)
+    missing = [key for key in REQUIRED_CFG_KEYS if key not in cfg_dict]
     if missing:
         raise UserError(f"malformed model yaml {cfg_name}: missing {', '.join(missing)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"{cfg_name}: {printable(num_classes, 40)} classes; a model has 1 to {MAX_CLASSES}")
     try:
         return DetectionModel(cfg_dict, num_classes, anchors_per_level)
     except (TypeError, ValueError, IndexError, KeyError, RuntimeError, ArithmeticError) as error:
-        raise UserError(f"malformed model yaml {cfg_name}: {type(error).__name__}: {error}") from None
+        raise UserError(f"malformed model yaml {cfg_name}: {type(error).__name__}: {one_line(error)}") from None
 
 
 def count_gflops(model: nn.Module, img_size: int = 640) -> float:

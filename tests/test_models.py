@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+import yaml
 
-from models.yolo import available_models, build_model, make_divisible, model_summary
+from models.yolo import MAX_CLASSES, MODELS_DIR, available_models, build_model, make_divisible, model_summary
 from utils.errors import UserError
 
 
@@ -149,3 +150,38 @@ def test_malformed_yaml_is_user_error(tmp_path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(UserError, match="bad"):
         build_model(path, num_classes=1)
+
+
+def nano_cfg(rows: dict[int, list] | None = None, **changes) -> dict:
+    """yolov5n's model yaml with ``changes``, and the backbone ``rows`` (index -> row) replaced."""
+    cfg = yaml.safe_load((MODELS_DIR / "yolov5n.yaml").read_text())
+    for index, row in (rows or {}).items():
+        cfg["backbone"][index] = row
+    return {**cfg, "cfg_name": "nano", **changes}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (nano_cfg(depth_multiple=10_000), "depth_multiple must be a number above 0 and at most 4, got 10000"),
+        (nano_cfg(width_multiple=math.nan), "width_multiple must be a number above 0 and at most 4, got nan"),
+        (nano_cfg(width_multiple=0), "width_multiple must be a number above 0"),
+        (nano_cfg(depth_multiple=True), "depth_multiple must be a number"),
+        (nano_cfg(backbone=[[-1, 1, "Conv", [16, 3, 2]]] * 300), "the model has 315 layers"),
+        (nano_cfg({2: [-1, 10**6, "C3", [32]]}), "layer 2 repeats more than 64 times"),
+        (nano_cfg({2: [-1, "many", "C3", [32]]}), "layer 2 repeats many times, not a whole number"),
+        # two 32,768-channel 3x3 convolutions in a row: 9.7 billion parameters, 39 GB
+        (nano_cfg({1: [-1, 1, "Conv", [2**17, 3, 2]], 2: [-1, 1, "Conv", [2**17, 3, 2]]}), "more than 500,000,000"),
+        (nano_cfg(cfg_name="evil\nerror: fake", head=7), r"malformed model yaml evil\\nerror: fake: TypeError"),
+    ],
+)
+def test_a_model_yaml_beyond_the_bounds_is_refused_before_it_is_built(cfg: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message) as error:
+        build_model(cfg, num_classes=1)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("num_classes", [0, MAX_CLASSES + 1, True])
+def test_a_class_count_out_of_range_is_refused(num_classes) -> None:
+    with pytest.raises(UserError, match=f"a model has 1 to {MAX_CLASSES}"):
+        build_model("yolov5n", num_classes=num_classes)

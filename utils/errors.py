@@ -17,9 +17,14 @@ class UserError(Exception):
 def one_line(text: str, limit: int = 300) -> str:
     """The first non-empty line of ``text`` (an error message that may quote a file), with control characters
     escaped and at most ``limit`` characters, so that it cannot break or forge the one line of a UserError."""
-    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
-    line = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in line)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return printable(next((line.strip() for line in str(text).splitlines() if line.strip()), ""), limit)
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` with every character that is not printable (line breaks included) escaped, at most ``limit``
+    characters: a name read from a file, quoted whole inside a one-line error."""
+    text = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_cli(main: Callable[[], object]) -> int:

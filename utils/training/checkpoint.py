@@ -16,6 +16,7 @@ from torch import nn
 from models.yolo import DetectionModel, build_model
 from utils.errors import UserError, one_line
 from utils.files import atomic_path
+from utils.training.checkpoint_fields import field_problem
 from utils.training.pt_archive import read_pt_archive
 from utils.training.yolov5_checkpoint import read_yolov5_checkpoint
 
@@ -69,7 +70,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     A checkpoint written by ``save_checkpoint`` loads weights-only; one written by ultralytics/yolov5 is read by
     ``read_yolov5_checkpoint``'s restricted unpickler and converted to the same keys. The file is read and vetted
-    once; both loads unpickle those same bytes.
+    once (``read_pt_archive``, which bounds its pickle); both loads unpickle those same bytes. The fields callers
+    read are checked (``field_problem``) before the checkpoint is returned.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,27 +97,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def field_problem(checkpoint: dict[str, Any]) -> str | None:
-    """What is wrong with the types of a checkpoint's required fields (a dict saved by hand), or None."""
-    classes, weights, cfg = checkpoint["num_classes"], checkpoint["model"], checkpoint["model_cfg"]
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        return f"num_classes must be a whole number >= 1, got {classes!r}"
-    if not isinstance(weights, dict) or not all(
-        isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in weights.items()
-    ):
-        return "model must map parameter names to tensors"
-    if not isinstance(cfg, str | dict):
-        return f"model_cfg must be a model yaml's name or its contents, got {type(cfg).__name__}"
-    return None
-
-
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> DetectionModel:
     """Rebuild the model a checkpoint describes and load its weights; returned in eval mode, float32, on CPU."""
     model = build_model(checkpoint["model_cfg"], int(checkpoint["num_classes"]))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise UserError(f"checkpoint weights do not fit its model cfg: {str(error).splitlines()[0]}") from None
+        raise UserError(f"checkpoint weights do not fit its model cfg: {one_line(error)}") from None
     return model.float().eval()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from utils.errors import UserError
+from utils.errors import UserError, printable
 from utils.training.optim import OPTIMIZERS, fit_learning_rate, nominal_accumulation, scaled_weight_decay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +153,8 @@ def check_hyp(content: dict, source: str = "hyp") -> dict[str, float]:
     hyp: dict[str, float] = {}
     for key, value in content.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise UserError(f"{source}: '{key}' must be a finite number, got {value!r}")
+            name, shown = printable(repr(key), 60), printable(repr(value), 60)
+            raise UserError(f"{source}: {name} must be a finite number, got {shown}")
         allowed = HYP_RANGES.get(str(key))
         if allowed is not None and not allowed.contains(float(value)):
             meaning = f" ({allowed.meaning})" if allowed.meaning else ""

@@ -14,6 +14,7 @@ from utils.errors import UserError
 from utils.files import free_backup_path
 from utils.run_dir import RunFolderLock, increment_path
 from utils.training.checkpoint import load_checkpoint
+from utils.training.checkpoint_fields import resume_problem
 from utils.training.distributed import barrier_for_main_process, close_distributed, init_distributed
 from utils.training.hyp import check_hyp
 from utils.training.options import TrainOptions
@@ -65,8 +66,11 @@ def resume_state(checkpoint_path: Path) -> tuple[dict, dict[str, float]]:
     """(the options the run was started with, its hyp), from a last.pt that has epochs left to train. The run
     folder's opt.yaml must be this run's (same data, model and epochs): the resumed run rewrites it."""
     checkpoint = load_checkpoint(checkpoint_path)
-    if "training_model" not in checkpoint or not checkpoint.get("options"):
+    if "training_model" not in checkpoint or checkpoint.get("options") in (None, {}):
         raise UserError(f"--resume: {checkpoint_path} holds no training state (was it saved by train.py?)")
+    problem = resume_problem(checkpoint)
+    if problem:
+        raise UserError(f"--resume: {checkpoint_path} cannot be resumed: {problem}")
     opt_yaml = checkpoint_path.parent.parent / "opt.yaml"
     if opt_yaml.is_file():
         try:

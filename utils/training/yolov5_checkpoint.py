@@ -3,19 +3,18 @@ every field it reads is checked for type and shape first, so a crafted file fail
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.yolo import MAX_CLASSES
 from utils.errors import UserError, one_line
+from utils.training.checkpoint_fields import MAX_STATE_TENSORS, is_plain_yaml, tensor_problem
 from utils.training.yolov5_unpickler import InertLayer, read_restricted
 
 MAX_LAYER_PATHS = 100_000  # yolov5x has under 1,000 layers; shared layers in a crafted pickle could make 2**n names
 MAX_LAYER_DEPTH = 32  # yolov5 nests layers 4 deep (model.2.m.0.cv1.conv)
-MAX_YAML_DEPTH = 16  # the model yaml nests lists 4 deep
-YAML_TYPES = (str, int, float, bool, type(None))
 
 
 class UnrecognisedField(Exception):
@@ -36,24 +35,17 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def checked_tensor(value: Any, where: str) -> torch.Tensor:
-    """``value`` detached, fp16 turned to float32, after checking that it is a real, non-overlapping tensor.
-
-    A weight never overlaps itself; an expanded tensor (a zero stride) whose numel exceeds its storage would
-    allocate all of its elements on conversion, exabytes for a crafted one.
-    """
-    if not isinstance(value, torch.Tensor):
-        raise UnrecognisedField(f"{ascii(where)} is a {type(value).__name__}, not a tensor")
-    if value.is_complex() or value.layout != torch.strided:
-        raise UnrecognisedField(f"{ascii(where)} is a {value.dtype} {value.layout} tensor")
-    available = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
-    if value.numel() * value.element_size() > available:
-        raise UnrecognisedField(f"{ascii(where)} has more elements than its storage holds")
+    """``value`` detached, fp16 turned to float32, after checking that it is a weight (``tensor_problem``)."""
+    problem = tensor_problem(value)
+    if problem:
+        raise UnrecognisedField(f"{ascii(where)} {problem}")
     value = value.detach()
     return value.float() if value.is_floating_point() else value
 
 
-def _own_tensors(layer: InertLayer, prefix: str) -> dict[str, torch.Tensor]:
-    """A layer's parameters and persistent buffers (not its children's), fp16 turned to float32."""
+def _own_tensors(layer: InertLayer, prefix: str, room: int) -> dict[str, torch.Tensor]:
+    """A layer's parameters and persistent buffers (not its children's), fp16 turned to float32; more than
+    ``room`` of them (one tensor may be listed under any number of names) are refused."""
     non_persistent = layer.get("_non_persistent_buffers_set")
     non_persistent = set() if non_persistent is None else non_persistent
     if not isinstance(non_persistent, set | frozenset) or not all(isinstance(name, str) for name in non_persistent):
@@ -61,6 +53,8 @@ def _own_tensors(layer: InertLayer, prefix: str) -> dict[str, torch.Tensor]:
     buffers = _mapping(layer.get("_buffers"), f"{prefix}_buffers")
     named = [*_mapping(layer.get("_parameters"), f"{prefix}_parameters").items()]
     named += [(name, buffer) for name, buffer in buffers.items() if name not in non_persistent]
+    if len(named) > room:
+        raise UnrecognisedField(f"its layers hold more than {MAX_STATE_TENSORS} tensors")
     return {prefix + name: checked_tensor(tensor, prefix + name) for name, tensor in named if tensor is not None}
 
 
@@ -68,8 +62,8 @@ def layer_state_dict(root: InertLayer) -> dict[str, torch.Tensor]:
     """The state dict ``root`` had, in torch's order (a layer's own tensors, then its children's).
 
     A layer may appear under several names (yolov5 shares one SiLU), but a crafted pickle could make a layer its
-    own descendant, nest layers without end, or share layers so that the names multiply; all are refused. Each
-    layer's ancestors are at most MAX_LAYER_DEPTH ids, so the walk is linear in the number of names.
+    own descendant, nest layers without end, or share layers (or tensors) so that the names multiply; all are
+    refused. Each layer's ancestors are at most MAX_LAYER_DEPTH ids, so the walk is linear in the number of names.
     """
     state: dict[str, torch.Tensor] = {}
     stack: list[tuple[InertLayer, str, tuple[int, ...]]] = [(root, "", ())]
@@ -81,7 +75,7 @@ def layer_state_dict(root: InertLayer) -> dict[str, torch.Tensor]:
             raise UnrecognisedField(f"layer {ascii(prefix.rstrip('.'))} contains itself")
         if len(ancestors) >= MAX_LAYER_DEPTH:
             raise UnrecognisedField(f"layers are nested more than {MAX_LAYER_DEPTH} deep")
-        state.update(_own_tensors(layer, prefix))
+        state.update(_own_tensors(layer, prefix, MAX_STATE_TENSORS - len(state)))
         inside = (*ancestors, id(layer))
         children = _mapping(layer.get("_modules"), f"{prefix}_modules").items()
         stack.extend(reversed([(child, f"{prefix}{name}.", inside) for name, child in children if _is_layer(child)]))
@@ -115,6 +109,8 @@ def _num_classes(cfg: dict[str, Any], detect: InertLayer, state: dict[str, torch
     num_classes = cfg.get("nc", detect.get("nc"))
     if type(num_classes) is not int or num_classes < 1:
         raise UnrecognisedField("nc is not a positive int")
+    if num_classes > MAX_CLASSES:  # checked before the names or the model are made for that many
+        raise UnrecognisedField(f"nc is {num_classes} classes; a model has at most {MAX_CLASSES}")
     outputs = state[prefix + "anchors"].shape[1] * (num_classes + 5)
     weights = [tensor for name, tensor in state.items() if name.startswith(f"{prefix}m.") and name.endswith(".weight")]
     if not weights or any(weight.dim() == 0 or weight.shape[0] != outputs for weight in weights):
@@ -133,34 +129,13 @@ def _class_names(names: Any, num_classes: int) -> list[str]:
     raise UnrecognisedField("names is neither a list of strings nor a dict of index -> string")
 
 
-def _is_plain_yaml(value: Any) -> bool:
-    """True when ``value`` is a tree of what yaml.safe_load makes (dicts, lists, strings, finite numbers), nested
-    at most MAX_YAML_DEPTH levels; a container reached twice (which could multiply the work of every later walk,
-    or loop) is refused."""
-    seen: set[int] = set()
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, YAML_TYPES):
-            if isinstance(item, float) and not math.isfinite(item):
-                return False
-            continue
-        if type(item) not in (dict, list) or depth >= MAX_YAML_DEPTH or id(item) in seen:
-            return False
-        seen.add(id(item))
-        if type(item) is dict and not all(isinstance(key, str | int) for key in item):
-            return False
-        stack.extend((child, depth + 1) for child in (item.values() if type(item) is dict else item))
-    return True
-
-
 def _pickled_model(raw: Any, path: Path) -> InertLayer:
     """The EMA when present, as yolov5 prefers it, else the model; its yaml must be plain."""
     candidates = [raw.get("ema"), raw.get("model")] if isinstance(raw, dict) else []
     model = next((candidate for candidate in candidates if _is_layer(candidate)), None)
     if model is None or not isinstance(model.get("yaml"), dict):
         raise UserError(f"unrecognised checkpoint {path}: neither this project's nor a yolov5 model")
-    if not _is_plain_yaml(model.get("yaml")):
+    if not is_plain_yaml(model.get("yaml")):
         raise UserError(f"unrecognised yolov5 checkpoint {path}: its model yaml holds more than yaml values")
     return model
 

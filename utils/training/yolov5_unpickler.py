@@ -6,7 +6,6 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
-import math
 import pickle
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from utils.errors import UserError, one_line
+from utils.training.pickle_scan import tensor_extent_problem
 from utils.training.pt_archive import read_pt_archive
 
 # Immutable C types may be returned as they are; a pickle cannot set attributes on them.
@@ -69,27 +69,23 @@ def is_layer_class(module: str, name: str) -> bool:
     return module.startswith(LAYER_MODULES) and all(part.isidentifier() for part in parts)
 
 
-def _int_tuple(value: Any) -> bool:
-    return isinstance(value, tuple | torch.Size) and all(type(item) is int and item >= 0 for item in value)
-
-
 def _empty(value: Any) -> bool:
     """None or an empty dict: what torch.save writes for hooks and metadata (tested without a tensor's __bool__)."""
     return value is None or (type(value) in (dict, collections.OrderedDict) and len(value) == 0)
 
 
 def rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, *more: Any):
-    """torch's ``_rebuild_tensor_v2`` after checking its arguments: a storage from the archive, non-negative sizes
-    and strides that stay inside it, and no hooks or tensor metadata (torch.save writes none for plain tensors)."""
+    """torch's ``_rebuild_tensor_v2`` after checking its arguments: a storage from the archive, a view that stays
+    inside it and holds no more elements than it (``tensor_extent_problem``), and no hooks or tensor metadata
+    (torch.save writes none for plain tensors)."""
     if not isinstance(storage, torch.storage.TypedStorage):
         raise pickle.UnpicklingError(f"a tensor is built on a {type(storage).__name__}, not a storage")
-    if type(offset) is not int or offset < 0 or not _int_tuple(size) or not _int_tuple(stride):
-        raise pickle.UnpicklingError("a tensor has a negative or non-integer offset, size or stride")
-    if len(size) != len(stride) or type(requires_grad) is not bool or not all(map(_empty, (hooks, *more))):
-        raise pickle.UnpicklingError("a tensor has mismatched sizes and strides, hooks or metadata")
-    end = offset + 1 + sum((length - 1) * step for length, step in zip(size, stride)) if math.prod(size) else offset
-    if end > storage._size():  # _size: size() warns that TypedStorage is deprecated
-        raise pickle.UnpicklingError(f"a tensor reaches element {end - 1} of a storage of {storage._size()}")
+    size, stride = (tuple(value) if isinstance(value, torch.Size) else value for value in (size, stride))
+    problem = tensor_extent_problem(storage._size(), offset, size, stride)  # _size: size() warns of deprecation
+    if problem:
+        raise pickle.UnpicklingError(problem)
+    if type(requires_grad) is not bool or not all(map(_empty, (hooks, *more))):
+        raise pickle.UnpicklingError("a tensor has requires_grad that is not a bool, hooks or metadata")
     return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, collections.OrderedDict())
 
 
