@@ -13,6 +13,7 @@ import torch
 from utils import cli
 from utils import device as device_module
 from utils.data.prepared import prepare_data
+from utils.errors import UserError
 from utils.training import trainer
 from utils.training.options import OutputOptions, TrainOptions
 from utils.training.trainer import build_detector, build_step_context, build_train_loader, train_one_epoch
@@ -100,6 +101,16 @@ def test_the_study_records_whether_children_train_in_bf16(monkeypatch, device: s
 def test_a_run_recorded_before_cpu_fast_resumes_in_float32(tmp_path, recorded: dict, expected: bool) -> None:
     args = cli.resumed_args(cli.parse_train_args([]), tmp_path / "last.pt", {"epochs": 3, **recorded})
     assert args.cpu_fast is expected and args.epochs == 3
+
+
+@pytest.mark.parametrize(("option", "value"), [("batch_size", "4"), ("epochs", 3.5), ("rect", 1), ("lr_gamma", "x")])
+def test_a_recorded_option_of_the_wrong_type_is_refused_with_one_line(tmp_path, option, value) -> None:
+    with pytest.raises(UserError, match=f"cannot be resumed: its option '{option}' is "):
+        cli.resumed_args(cli.parse_train_args([]), tmp_path / "last.pt", {"epochs": 3, option: value})
+    resumed = cli.resumed_args(
+        cli.parse_train_args([]), tmp_path / "last.pt", {"epochs": 3, "lr_gamma": 1, "resume": "runs/x/last.pt"}
+    )
+    assert resumed.lr_gamma == 1 and resumed.epochs == 3  # an int where a float is expected is a number
 
 
 def test_options_given_with_resume_are_named_as_ignored(tmp_path, caplog) -> None:

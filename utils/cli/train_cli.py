@@ -20,7 +20,7 @@ from utils.cli.common_cli import (
     scheduler_params,
 )
 from utils.cli.evolve_cli import add_evolve_arguments, evolution_setup
-from utils.errors import UserError
+from utils.errors import UserError, printable
 from utils.evaluation.fitness import parse_fitness_weights
 from utils.training.hyp import DEFAULT_HYP, read_hyp_file
 from utils.training.optim import LR_FIT_LIMITS, OPTIMIZERS, frozen_layer_indices, optimizer_name
@@ -256,6 +256,7 @@ def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict
     options given with ``--resume`` (other than ``--device``) do not apply; a warning names those typed
     (``parse_train_args`` records them) that would have changed something, a value equal to the default included."""
     given = {key: value for key, value in vars(args).items() if key != "typed_flags"}
+    check_recorded_types(recorded, given, checkpoint_path)
     restored = argparse.Namespace(**{**given, **RECORDED_SINCE, **recorded})
     ignored = [
         flag for key, flag in getattr(args, "typed_flags", {}).items()
@@ -267,6 +268,23 @@ def resumed_args(args: argparse.Namespace, checkpoint_path: Path, recorded: dict
     restored.device = args.device or restored.device
     restored.weights = ""  # the resumed state replaces every weight; the original file may be gone
     return restored
+
+
+def check_recorded_types(recorded: dict, defaults: dict, checkpoint_path: Path) -> None:
+    """A recorded option must have its flag's type where the flag's default has one (a number, a switch): a checkpoint
+    that records ``batch_size: "4"`` is refused with one line, not a TypeError in a later check."""
+    for key, value in recorded.items():
+        default = None if key in RESUME_OWN else defaults.get(key)  # --resume itself holds a path or True
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            fits = isinstance(value, int | float) and not isinstance(value, bool)
+            fits = fits and (isinstance(value, int) or isinstance(default, float))
+        else:
+            continue
+        if not fits:
+            raise UserError(f"--resume: {checkpoint_path} cannot be resumed: its option {key!r} is "
+                            f"{printable(repr(value), 60)}, not a {type(default).__name__}")  # fmt: skip
 
 
 def load_train_hyp(args: argparse.Namespace) -> dict[str, float]:
