@@ -21,11 +21,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return cli.parse_train_args(argv, description=__doc__)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, argv: list[str] | None = None) -> None:
+    """Train, or evolve with ``--evolve``; ``argv`` (default: this process's) is what evolution workers are given."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cli.check_flags(args)
     if args.evolve is not None:
-        evolve(args, sys.argv[1:])
+        evolve(args, sys.argv[1:] if argv is None else argv)
         return
     from utils.training.launch import TrainJob, claim_run_to_resume, resume_checkpoint_path, resume_state, run_training
 

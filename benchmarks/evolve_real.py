@@ -161,8 +161,8 @@ def run_all(plan: Sequence[tuple[str, int]], children: int, setting: Setting, ou
     already confirmed."""
     for sampler, seed in plan:
         recipe = read_outcome(out / run_name(RECIPE_NAME, seed), 1)
-        if recipe is None or not recipe.confirmed:
-            launch(recipe_arguments(seed, setting, out))
+        if (recipe is None or not recipe.confirmed) and (code := launch(recipe_arguments(seed, setting, out))) != 0:
+            print(f"{run_name(RECIPE_NAME, seed)}: train.py exited {code}; rerun to resume it", flush=True)
         outcome = read_outcome(out / run_name(sampler, seed), children)
         if outcome is not None and outcome.confirmed:
             continue

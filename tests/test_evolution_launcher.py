@@ -4,6 +4,7 @@ progress once, and stops them together; no worker outlives the command."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from optuna.trial import TrialState
 
 from tests.evolve_worker import synthetic_metrics
 from utils import cli
+from utils.errors import UserError
 from utils.evolution import load_meta, run
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.launcher import Progress, cpu_threads, final_block
@@ -50,6 +52,23 @@ def test_one_worker_per_listed_device_times_k_each_with_its_own_device_and_log(t
 def test_a_single_worker_or_a_worker_itself_starts_no_workers(tmp_path, flags):
     argv = ["--evolve", "4", *flags]
     assert cli.evolution_workers(cli.parse_train_args(argv), argv, ROOT / "train.py", tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--evolve", "4", "--device", "0,0"],
+            "names a device twice; for several workers on one device, use --children-per-device K",
+        ),  # fmt: skip
+        (["--children-per-device", "2"], "--children-per-device starts evolution workers: it needs --evolve"),
+    ],
+)
+def test_a_device_named_twice_or_workers_without_evolve_are_refused(tmp_path, argv, message):
+    args = cli.parse_train_args(argv)
+    with pytest.raises(UserError, match=re.escape(message)):
+        cli.check_flags(args)
+        cli.evolution_workers(args, argv, ROOT / "train.py", tmp_path)
 
 
 def test_the_progress_names_each_finished_child_once_with_its_worker(tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -15,6 +16,8 @@ from utils.errors import UserError
 from utils.evolution import load_meta, run
 from utils.evolution.evaluations import TrustPlan, evaluation_study
 from utils.training.hyp import load_hyp
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def instant(hyp, child):
@@ -290,3 +293,48 @@ def test_a_worker_whose_hyp_search_or_seeds_differ_is_refused_naming_the_study_v
         run(instant, n=2, **{**arguments, **change})
     assert named in str(error.value)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_other_childrens_failures_never_use_up_the_bases_attempts():
+    """Several workers: while the base trained, two other children failed by their own error; then the base was
+    interrupted. The next child still retrains it."""
+    import optuna
+
+    from utils.evolution.seeded import is_base_child
+
+    study = optuna.create_study(direction="maximize")
+    for base, failure in ((True, "interrupted"), (False, None), (False, "objective"), (False, "objective")):
+        trial = study.ask()
+        trial.set_user_attr("lineage", {"base": base, "parents": []})
+        if failure is None:
+            study.tell(trial, 0.5)
+        else:
+            trial.set_user_attr("failure", failure)
+            study.tell(trial, state=TrialState.FAIL)
+    assert is_base_child(study, 4)
+
+
+def test_many_interrupted_runs_are_not_a_broken_setup(tmp_path):
+    """One Ctrl-C of a command with many workers fails as many children, as interrupted: the rerun goes on."""
+
+    def interrupted(hyp, child):
+        raise KeyboardInterrupt
+
+    for _ in range(12):
+        with pytest.raises(KeyboardInterrupt):
+            run(interrupted, load_hyp(), load_meta(), 5, run_dir=tmp_path, plots=False, trust=TrustPlan(0, 0))
+    study = run(instant, load_hyp(), load_meta(), 5, run_dir=tmp_path, plots=False, trust=TrustPlan(0, 0))
+    assert sum(trial.state == TrialState.COMPLETE for trial in study.trials) == 5
+
+
+def test_a_refused_worker_records_nothing_that_would_refuse_the_study_own_workers(tmp_path):
+    """The study evolves the optimizer (a gene, so not pinned); a worker without that gene pins an optimizer and is
+    refused, and must not leave its optimizer behind: the study's own command still joins."""
+    recipe = {"base_hyp": {**load_hyp(), "optimizer": "SGD"}, "meta": load_meta(ROOT / "data/hyps/meta.recipe.yaml")}
+    arguments = {"run_dir": tmp_path, "plots": False, "setup": {"optimizer": "SGD"}, "trust": TrustPlan(0, 0)}
+    run(instant, n=1, **recipe, **arguments)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    with pytest.raises(UserError, match="was started with a different"):
+        run(instant, load_hyp(), load_meta(), 2, **arguments)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+    assert len(run(instant, n=2, **recipe, **arguments).trials) == 2

@@ -25,7 +25,8 @@ with RunFolderLock(Path({folder!r})):
 """
 
 
-def test_the_scripts_import_and_lock_where_fcntl_is_missing(tmp_path):
+def test_the_scripts_import_and_take_a_lock_where_fcntl_is_missing(tmp_path):
+    """Windows' own lock is not tested here: this shows that nothing needs fcntl (filelock then locks otherwise)."""
     code = WITHOUT_FCNTL.format(root=str(ROOT), folder=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "locked", result.stderr[-2000:]

@@ -97,6 +97,8 @@ def check_flags(args: argparse.Namespace) -> None:
         value = getattr(args, attribute, None)
         if value is not None and not within(value):
             raise UserError(f"{flag} must be {allowed}, got {value}")
+    if getattr(args, "children_per_device", 1) != 1 and getattr(args, "evolve", None) is None:
+        raise UserError("--children-per-device starts evolution workers: it needs --evolve")
     name = getattr(args, "name", None)
     if name is not None and Path(name).name in ("", ".", ".."):  # pathlib drops ".": the project folder itself
         raise UserError(f"--name must end in a folder name, got {name!r}")

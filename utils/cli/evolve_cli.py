@@ -11,6 +11,7 @@ import torch
 
 from utils.cli.common_cli import LOGGER, RUNS, scheduler_params
 from utils.device import select_device, trains_in_bf16
+from utils.errors import UserError
 from utils.evaluation.fitness import DEFAULT_FITNESS_WEIGHTS, parse_fitness_weights
 from utils.evolution.evaluations import TrustPlan
 from utils.evolution.launcher import WorkerSpec, cpu_threads
@@ -130,6 +131,9 @@ def evolution_workers(args: argparse.Namespace, argv: list[str], script: Path, r
     if args.worker_of is not None:
         return []
     devices, per_device = evolution_devices(args), args.children_per_device
+    if len(set(devices)) < len(devices):
+        raise UserError(f"--device {args.device} names a device twice; for several workers on one device, use "
+                        "--children-per-device K")  # fmt: skip
     if len(devices) == 1 and per_device == 1:
         return []
     select_device(",".join(devices))  # every listed CUDA device exists: one error now, not one per worker

@@ -91,12 +91,18 @@ def planned_evaluation_runs(plan: TrustPlan, n: int, epochs: int | None) -> floa
 
 
 def eta_line(
-    seconds_per_child: Sequence[float], children_left: int, evaluations_left: float, workers: int, explain: bool
+    seconds_per_child: Sequence[float],
+    children_left: int,
+    evaluations_left: float,
+    workers: int,
+    explain: bool,
+    whose: str = "this worker's",
 ) -> str:
     """``evolve: ETA 12m 30s (5 children and 3 evaluations left, 2m 30s per child, median of this worker's 4)``.
 
     With several workers the runs left are shared out evenly among them; ``explain`` (say it once) adds that
-    this is an estimate."""
+    this is an estimate. ``whose`` children the median is of ("all": every worker's, as the command that started
+    them sees it)."""
     median = statistics.median(seconds_per_child)
     runs = children_left + evaluations_left
     left = plural(children_left, "child", "children")
@@ -107,5 +113,5 @@ def eta_line(
         shared += ": an estimate, as if every worker kept this one's pace"
     return (
         f"evolve: ETA {format_duration(median * runs / max(workers, 1))} ({left} left, {format_duration(median)} "
-        f"per child, median of this worker's {len(seconds_per_child)}{shared})"
+        f"per child, median of {whose} {len(seconds_per_child)}{shared})"
     )

@@ -3,22 +3,20 @@ one console, and stop them together (Ctrl-C or SIGTERM to the command; a worker 
 
 from __future__ import annotations
 
-import _thread
 import os
 import signal
-import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from utils.errors import UserError
-from utils.evolution.console import format_duration, planned_evaluation_runs, plural
+from utils.errors import UserError, one_line
+from utils.evolution.console import eta_line, planned_evaluation_runs, plural
 from utils.evolution.evaluations import SURPLUS_ATTR, Task, TrustPlan
 from utils.evolution.options import EvolveOptions
 from utils.evolution.seeded import IMPORTED_ATTR
@@ -27,6 +25,7 @@ from utils.run_dir import make_folder
 
 POLL_S = 1.0  # how often the command looks at its workers and the study
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long a worker may take to record its interrupted run before it is killed
+START_MARK = "evolve: worker started"  # written to a worker's log before it starts, so a rerun's log says which run
 FINAL_BLOCK = "evolve: views in "  # a worker's closing lines (views, trust report, verdict) start with this line
 
 
@@ -58,7 +57,7 @@ def watch_parent(parent_pid: int, interval: float = POLL_S) -> threading.Thread:
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(interval)
-        _thread.interrupt_main()
+        signal.raise_signal(signal.SIGINT)  # as Ctrl-C: it also wakes a blocking call, which interrupt_main does not
         time.sleep(STOP_GRACE_S)
         os._exit(130)
 
@@ -142,15 +141,8 @@ class Progress:
     def eta(self, own: Sequence[FrozenTrial], done_evaluations: int, workers: int) -> str:
         """The time left over all workers, from the median child so far."""
         finished = sum(child.state in (TrialState.COMPLETE, TrialState.PRUNED) for child in own)
-        children_left = max(self.n - finished, 0)
         evaluations_left = max(planned_evaluation_runs(self.plan, self.n, None) - done_evaluations, 0)
-        median = statistics.median(self.child_seconds)
-        left = plural(children_left, "child", "children")
-        if evaluations_left:
-            left += f" and at most {plural(int(evaluations_left), 'evaluation', 'evaluations')}"
-        seconds = median * (children_left + evaluations_left) / max(workers, 1)
-        return (f"evolve: ETA {format_duration(seconds)} ({left} left, {format_duration(median)} per child, "
-                f"{plural(workers, 'worker', 'workers')})")  # fmt: skip
+        return eta_line(self.child_seconds, max(self.n - finished, 0), evaluations_left, workers, False, "all")
 
 
 def is_own(trial: FrozenTrial) -> bool:
@@ -167,12 +159,12 @@ def outcome(trial: FrozenTrial) -> str:
 
 
 def last_line(log: Path) -> str:
-    """The last non-empty line of a worker's log (what it said before it stopped)."""
+    """The last non-empty line of a worker's log since it was started (what it said before it stopped)."""
     try:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    return lines[-1].strip() if lines else ""
+    return "" if not lines or lines[-1].startswith(START_MARK) else lines[-1].strip()
 
 
 def final_block(log: Path) -> list[str]:
@@ -182,7 +174,11 @@ def final_block(log: Path) -> list[str]:
     return lines[starts[-1] :] if starts else []
 
 
-def launch(specs: Sequence[WorkerSpec], progress: Progress, say: Callable[[str], None] = print) -> None:
+def say_now(line: str) -> None:
+    print(line, flush=True)  # under nohup, stdout is a file: each line as it happens
+
+
+def launch(specs: Sequence[WorkerSpec], progress: Progress, say: Callable[[str], None] = say_now) -> None:
     """Start every worker, relay their progress until all have exited, then print the verdict once.
 
     Ctrl-C or SIGTERM stops every worker the way Ctrl-C stops one (its run in flight is recorded as interrupted;
@@ -198,6 +194,8 @@ def launch(specs: Sequence[WorkerSpec], progress: Progress, say: Callable[[str],
     try:
         for spec in specs:
             with open(spec.log, "ab") as log:  # the child keeps its own descriptor
+                log.write(f"{START_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(spec.command)}\n".encode())
+                log.flush()
                 # A session of its own: a terminal's Ctrl-C reaches this command only, which stops each worker once.
                 environment = {**os.environ, **spec.env}
                 processes[spec.label] = subprocess.Popen(
@@ -208,10 +206,7 @@ def launch(specs: Sequence[WorkerSpec], progress: Progress, say: Callable[[str],
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-        for process in processes.values():  # an error in this command: no worker outlives it
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_all(processes.values())  # after an error in this command too: no worker outlives it
     if stop.is_set():
         say("evolve: interrupted; every worker stopped, finished children are kept: rerun the same command to continue")
         raise KeyboardInterrupt
@@ -221,6 +216,29 @@ def launch(specs: Sequence[WorkerSpec], progress: Progress, say: Callable[[str],
     if failed:
         raise UserError(f"{plural(len(failed), 'worker', 'workers')} of {len(specs)} failed ({', '.join(failed)}); "
                         f"see {specs[0].log.parent}/worker_*.log")  # fmt: skip
+
+
+def stop_all(processes: Iterable[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """Interrupt the workers still running (each records its run in flight as interrupted), wait up to ``grace``,
+    then kill what is left with its process group (its data-loader processes)."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a worker and the processes it started (it leads its own session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (AttributeError, ProcessLookupError, PermissionError):  # no process groups (Windows), or gone
+        process.kill()
+    process.wait()
 
 
 def supervise(
@@ -243,15 +261,18 @@ def supervise(
             deadline = time.monotonic() + STOP_GRACE_S
         if deadline is not None and time.monotonic() > deadline:
             for label, process in processes.items():
-                if label not in exited:
-                    process.kill()
+                if label not in exited and process.poll() is None:
+                    kill_group(process)
         for label, process in processes.items():
             if label not in exited and (code := process.poll()) is not None:
                 exited[label] = code
                 if code != 0 and not stop.is_set():
                     say(f"evolve: worker {label} exited with code {code}: {last_line(logs[label])}")
-        for line in progress.poll(len(processes) - len(exited)):
-            say(line)
+        try:
+            for line in progress.poll(len(processes) - len(exited)):
+                say(line)
+        except Exception as error:  # the display only (a database hiccup): the workers go on, and so does this
+            say(f"evolve: cannot read the study's progress now ({type(error).__name__}: {one_line(error, 200)})")
         if len(exited) < len(processes):
             time.sleep(POLL_S) if stop.is_set() else stop.wait(POLL_S)
     return [label for label, code in exited.items() if code != 0]

@@ -63,7 +63,11 @@ def count_finished(study: optuna.Study) -> int:
 
 def check_failure_streak(study: optuna.Study) -> None:
     """Stop when the last children all failed: a broken setup would otherwise burn the whole budget."""
-    finished = [trial for trial in own_children(study) if trial.state.is_finished()]
+    # Interrupted runs and runs of dead workers say nothing about the setup (a Ctrl-C of many workers fails many).
+    finished = [
+        trial for trial in own_children(study)
+        if trial.state.is_finished() and (trial.state != TrialState.FAIL or is_objective_failure(trial))
+    ]  # fmt: skip
     streak = finished[-MAX_CONSECUTIVE_FAILURES:]
     if len(streak) == MAX_CONSECUTIVE_FAILURES and all(trial.state == TrialState.FAIL for trial in streak):
         last_error = streak[-1].user_attrs.get("error", "unknown error")
@@ -111,11 +115,13 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
     pinned = {key: value for key, value in (setup or {}).items() if key not in space.genes}
     current = {"hyp_keys": list(space.base_hyp), "hyp": dict(space.base_hyp), "search_space": genes, **pinned}
     recorded = study.user_attrs.get(SETUP_ATTR)
-    if recorded is None or not set(current) <= set(recorded):  # new, or made before some keys were recorded
-        earlier = {key: value for key, value in SETUP_BEFORE_RECORDED.items() if key in current and recorded}
-        study.set_user_attr(SETUP_ATTR, {**current, **earlier, **(recorded or {})})
-        recorded = study.user_attrs[SETUP_ATTR]
-    differing = sorted(key for key in set(current) | set(recorded) if current.get(key) != recorded.get(key))
+    if recorded is None:
+        study.set_user_attr(SETUP_ATTR, current)
+        return
+    # A key that an older version did not record takes the value every child had then (SETUP_BEFORE_RECORDED) or,
+    # once this worker matches every recorded key, this worker's: a refused worker writes nothing.
+    recorded = {**{key: value for key, value in SETUP_BEFORE_RECORDED.items() if key in current}, **recorded}
+    differing = sorted(key for key in recorded if current.get(key) != recorded[key])
     if differing:
         # The recorded values are named, so that a rerun can match them (cpu_fast=False: add --no-cpu-fast).
         shown = [text for key in differing for text in recorded_values(key, recorded.get(key), current.get(key))]
@@ -124,6 +130,9 @@ def check_setup(study: optuna.Study, space: SearchSpace, setup: Mapping[str, obj
             "use another --name to start a new evolution (--evolve-from can seed it from the old evolve.csv)"
             + (f"; the study has {', '.join(shown)}: rerun with flags that give these to continue it" if shown else "")
         )
+    if not set(current) <= set(study.user_attrs[SETUP_ATTR]):
+        genes = set(recorded.get("search_space", {}))  # a gene's value is each child's own, never pinned
+        study.set_user_attr(SETUP_ATTR, {**{k: v for k, v in current.items() if k not in genes}, **recorded})
 
 
 def recorded_values(key: str, recorded: object, current: object, most: int = 4) -> list[str]:

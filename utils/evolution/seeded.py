@@ -28,16 +28,19 @@ def own_trials_before(study: Study, number: int) -> list[FrozenTrial]:
 
 
 def is_base_child(study: Study, number: int) -> bool:
-    """True for a child that trains the base hyp unchanged: the first child, and again the next one while every
-    earlier child failed (the base was killed, interrupted or its worker died; a base that failed by its own
-    error is tried ``BASE_ATTEMPTS`` times). A child whose trial does not say yet whether it is the base (another
-    worker just claimed it) counts as the base, so that two workers never both train it."""
+    """True for a child that trains the base hyp unchanged: the first child, and again a later one whenever no base
+    run has completed or is running (the base was killed, interrupted or its worker died; a base that failed by its
+    own error is tried ``BASE_ATTEMPTS`` times). A running child whose trial does not say yet whether it is the base
+    (another worker just claimed it) counts as the base, so that two workers never both train it."""
     earlier = [trial for trial in own_trials_before(study, number) if SURPLUS_ATTR not in trial.user_attrs]
     maybe_base = (trial.user_attrs.get("lineage", {}).get("base", True) for trial in earlier)
     if any(trial.state != TrialState.FAIL and base for trial, base in zip(earlier, maybe_base)):
         return False
-    own_failures = [trial for trial in earlier if trial.user_attrs.get(FAILURE_ATTR) == Failure.OBJECTIVE]
-    return len(own_failures) < BASE_ATTEMPTS
+    base_failures = [
+        trial for trial in earlier
+        if trial.user_attrs.get(FAILURE_ATTR) == Failure.OBJECTIVE and trial.user_attrs.get("lineage", {}).get("base")
+    ]  # fmt: skip
+    return len(base_failures) < BASE_ATTEMPTS
 
 
 def cast_params(params: dict[str, Any], genes: dict[str, GeneSpec]) -> dict[str, Any]:
