@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from models.common import C3, SPPF, Bottleneck, Concat, Conv
-from utils.errors import UserError, one_line, printable
+from utils.errors import NESTED_TOO_DEEP, UserError, one_line, printable
 
 MODELS_DIR = Path(__file__).resolve().parent
 STRIDE_PROBE_SIZE = 256  # a dummy input this size measures each level's stride at build time
@@ -271,6 +271,8 @@ def load_model_cfg(cfg: str | Path) -> dict[str, Any]:
         raise UserError(f"malformed model yaml {path}: {str(error).splitlines()[0]}") from None
     except UnicodeDecodeError:
         raise UserError(f"malformed model yaml {path}: not UTF-8 text (a binary file?)") from None
+    except RecursionError:
+        raise UserError(f"malformed model yaml {path}: {NESTED_TOO_DEEP}") from None
     if not isinstance(loaded, dict):
         raise UserError(f"malformed model yaml {path}: expected a mapping at the top level")
     loaded.setdefault("cfg_name", path.stem)

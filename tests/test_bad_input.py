@@ -500,6 +500,15 @@ def test_a_copied_run_folder_is_refused_instead_of_starting_a_second_study(tmp_p
     assert snapshot(tmp_path / "evoM") == before
 
 
+@pytest.mark.parametrize("flag", ["--data", "--hyp", "--cfg", "--meta"])
+def test_a_yaml_nested_past_the_recursion_limit_is_one_line(tmp_path, flag):
+    """yaml.safe_load recurses once per level: thousands of nested lists were a RecursionError traceback."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("names: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = run_script("train.py", *TINY_ARGS, "--evolve", "1", "--project", str(tmp_path), flag, str(deep))
+    assert_one_error_line(result, str(deep), "nested too deep to read")
+
+
 # --- 5 and 6. flags: one message each, no abbreviations ------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 USER_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130
 OUT_OF_MEMORY_EXIT_CODE = 1
+NESTED_TOO_DEEP = "nested too deep to read (Python's recursion limit)"  # a yaml of thousands of nested lists
 
 
 class UserError(Exception):

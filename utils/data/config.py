@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from utils.errors import UserError
+from utils.errors import NESTED_TOO_DEEP, UserError
 from utils.files import atomic_path
 
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
@@ -73,6 +73,8 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: malformed yaml{where}") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed yaml ({NESTED_TOO_DEEP})") from None
     if not isinstance(content, dict):
         raise UserError(f"{path}: expected a mapping with keys path, train, val, names")
     return content

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from utils.errors import UserError
+from utils.errors import NESTED_TOO_DEEP, UserError
 
 DEFAULT_META = Path(__file__).resolve().parents[2] / "data" / "hyps" / "meta.yaml"
 # Keys the meta table may describe although the hyp leaves them out (then they are simply not evolved).
@@ -153,6 +153,8 @@ def load_meta(path: str | Path = DEFAULT_META) -> dict[str, GeneSpec]:
         raise UserError(f"{path}: not valid yaml ({getattr(error, 'problem', error)})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not valid yaml (not UTF-8 text: a binary file?)") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid yaml ({NESTED_TOO_DEEP})") from None
     if not isinstance(content, Mapping) or not content:
         raise UserError(f"{path}: expected a mapping of hyp names to {{gain, low, high}}")
     return {str(key): parse_gene(str(key), entry, str(path)) for key, entry in content.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from utils.errors import UserError, printable
+from utils.errors import NESTED_TOO_DEEP, UserError, printable
 from utils.training.optim import OPTIMIZERS, fit_learning_rate, nominal_accumulation, scaled_weight_decay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +124,8 @@ def read_hyp_file(path: str | Path = DEFAULT_HYP) -> HypFile:
         raise UserError(f"{resolved}{where}: not valid yaml ({getattr(error, 'problem', error)})") from None
     except UnicodeDecodeError:
         raise UserError(f"{resolved}: not valid yaml (not UTF-8 text: a binary file?)") from None
+    except RecursionError:
+        raise UserError(f"{resolved}: not valid yaml ({NESTED_TOO_DEEP})") from None
     if not isinstance(content, dict):
         raise UserError(f"{resolved}: expected a mapping of hyperparameter names to numbers")
     numbers, choices = split_choices(content, source=str(resolved))

@@ -75,7 +75,7 @@ def resume_state(checkpoint_path: Path) -> tuple[dict, dict[str, float]]:
     if opt_yaml.is_file():
         try:
             recorded = yaml.safe_load(opt_yaml.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
             recorded = None
         keys = ("data", "cfg", "epochs")
         if not isinstance(recorded, dict) or any(recorded.get(key) != checkpoint["options"].get(key) for key in keys):
