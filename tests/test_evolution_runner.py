@@ -338,3 +338,26 @@ def test_a_refused_worker_records_nothing_that_would_refuse_the_study_own_worker
         run(instant, load_hyp(), load_meta(), 2, **arguments)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
     assert len(run(instant, n=2, **recipe, **arguments).trials) == 2
+
+
+def noisy(hyp, child):
+    from tests.evolve_worker import noisy_metrics
+
+    return noisy_metrics(hyp, child.train_seed, noise=0.02)
+
+
+def test_the_measured_noise_reaches_the_model_and_confirmation_follows_its_mean(tmp_path):
+    from utils.evolution.evaluations import finished_evaluations
+    from utils.evolution.verdict import pooled_noise
+
+    study = run(noisy, load_hyp(), load_meta(), 14, run_dir=tmp_path, plots=False, trust=TrustPlan(3, 2))
+    sampler = study.sampler
+    done = finished_evaluations(evaluation_study(study))
+    base_runs = [study.trials[0].value] + [trial.value for task, trial in done if task.child == 0]
+    assert len(base_runs) == 3
+    assert sampler.measured_noise == pytest.approx(pooled_noise([base_runs]).sd ** 2) and sampler.measured_noise > 0
+    assert sampler.model(sampler.observations(study), study).noise >= sampler.measured_noise
+    ranking = sampler.rank_children(study)
+    assert sorted(ranking) == [trial.number for trial in study.trials if trial.state == TrialState.COMPLETE]
+    confirmed = {task.child for task, _ in done if task.child != 0}
+    assert confirmed == {number for number in ranking[:3] if number != 0}, "the model's top 3, not by one run each"

@@ -163,9 +163,9 @@ def test_the_model_is_never_fitted_on_the_best_children_alone(space, monkeypatch
     fitted = []
     real_fit = GaussianProcess.fit
 
-    def spy(x, y):
+    def spy(x, y, noise_floor=0.0):
         fitted.append(np.asarray(y).copy())
-        return real_fit(x, y)
+        return real_fit(x, y, noise_floor)
 
     monkeypatch.setattr(GaussianProcess, "fit", spy)
     rng = np.random.default_rng(0)
@@ -542,3 +542,17 @@ def test_a_fit_on_first_children_without_readings_still_fits_a_multi_fidelity_mo
     assert data.fidelity is not None and sampler.observations(study, set(range(12))).fidelity is None
     mean, _ = sampler.model(data, study).predict(data.x)
     assert np.all(np.isfinite(mean))
+
+
+def test_a_noise_floor_is_the_least_noise_the_fit_finds():
+    """Few children in many dimensions can be fitted as all signal; a measured seed noise keeps the fit honest."""
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 6))
+    y = 0.1 + 0.02 * rng.standard_normal(12)  # pure noise around a flat fitness
+    free = GaussianProcess.fit(x, y)
+    floor = 0.02**2
+    floored = GaussianProcess.fit(x, y, noise_floor=floor)
+    assert floored.noise >= floor * (1 - 1e-9)
+    assert free.noise < floor, "without the floor this fit explains the noise as signal (else the test shows nothing)"
+    _, sd = floored.predict(x)
+    assert np.all(np.isfinite(sd))

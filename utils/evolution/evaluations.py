@@ -88,12 +88,18 @@ def _linspace(start: float, stop: float, count: int) -> list[float]:
 
 
 def planned_tasks(
-    children: Sequence[FrozenTrial], base: FrozenTrial | None, all_done: bool, seed: int, plan: TrustPlan
+    children: Sequence[FrozenTrial],
+    base: FrozenTrial | None,
+    all_done: bool,
+    seed: int,
+    plan: TrustPlan,
+    ranking: Sequence[int] | None = None,
 ) -> list[Task]:
     """Every task the study's state makes available, in the order workers take them.
 
     The base's repeats come first, as soon as the base is done, so the noise is known early. Confirmation and
-    fidelity wait until every child is done: only then are the top children known.
+    fidelity wait until every child is done: only then are the top children known. The children confirmed are the
+    first of ``ranking`` (child numbers, best first: the sampler model's mean), else the best by their one run.
     """
     tasks = []
     if base is not None and base.state == TrialState.COMPLETE and plan.confirm_seeds > 0:
@@ -104,7 +110,7 @@ def planned_tasks(
         (child for child in children if child.state == TrialState.COMPLETE and child.value is not None),
         key=lambda child: (-child.value, child.number),
     )
-    for child in ranked[: plan.confirm]:
+    for child in confirmation_candidates(ranked, plan.confirm, ranking):
         if base is None or child.number != base.number:
             tasks += [Task(REPEAT, child.number, extra) for extra in fresh_seeds(seed, plan.confirm_seeds)]
     if plan.fidelity and plan.fidelity_epochs:
@@ -112,6 +118,17 @@ def planned_tasks(
             Task(FIDELITY, child.number, seed, plan.fidelity_epochs) for child in spread_pick(ranked, plan.fidelity)
         ]
     return tasks
+
+
+def confirmation_candidates(
+    ranked: Sequence[FrozenTrial], count: int, ranking: Sequence[int] | None = None
+) -> list[FrozenTrial]:
+    """The ``count`` children to confirm: the first of ``ranking`` that are in ``ranked`` (completed children, best
+    run first), else the first of ``ranked``."""
+    if ranking is None:
+        return list(ranked[:count])
+    by_number = {child.number: child for child in ranked}
+    return [by_number[number] for number in ranking if number in by_number][:count]
 
 
 def _claimed(trials: Iterable[FrozenTrial]) -> set[Task]:

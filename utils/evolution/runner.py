@@ -17,6 +17,7 @@ from utils.errors import UserError
 from utils.evolution.child import Objective, compute_fitness, run_child, run_evaluation
 from utils.evolution.console import child_header, eta_line, planned_evaluation_runs
 from utils.evolution.evaluations import (
+    REPEAT,
     SURPLUS_ATTR,
     Task,
     TrustPlan,
@@ -40,6 +41,7 @@ from utils.evolution.storage import (
     run_lock,
 )
 from utils.evolution.trust import TrustReport, build_report
+from utils.evolution.verdict import pooled_noise
 from utils.evolution.views import write_views
 from utils.run_dir import make_folder
 
@@ -243,6 +245,7 @@ class Work:
             print(f"evolve: {task.kind} of child {task.child} (seed {task.seed}{length}) {result}", flush=True)
             self.report_eta()
             return True
+        self.measure_noise()
         trial = claim_child(self.study, self.n, self.worker)
         if trial is None:
             return False
@@ -257,6 +260,23 @@ class Work:
         report_progress(self.study, trial.number, state, self.n)
         self.report_eta()
         return True
+
+    def measure_noise(
+        self, children: Sequence[FrozenTrial] | None = None, evaluations: list | None = None
+    ) -> tuple[FrozenTrial | None, list[float]]:
+        """Hand the sampler's model the study's measured seed noise, from the base's runs (its own and its repeats),
+        when the sampler takes one; returns (the base, its runs)."""
+        children = own_children(self.study) if children is None else children
+        evaluations = finished_evaluations(self.evaluations) if evaluations is None else evaluations
+        base = base_child(children)
+        if base is None or base.state != TrialState.COMPLETE:
+            return base, []
+        runs = [float(base.value)] + [float(trial.value) for task, trial in evaluations
+                                      if task.kind == REPEAT and task.child == base.number]  # fmt: skip
+        if hasattr(self.study.sampler, "measured_noise"):
+            noise = pooled_noise([runs])
+            self.study.sampler.measured_noise = noise.sd**2 if noise.known else 0.0
+        return base, runs
 
     def announce(self, number: int, hyp: Mapping[str, float | str]) -> None:
         """The child's header, before it trains."""
@@ -301,10 +321,26 @@ class Work:
     def due_tasks(self) -> list[Task]:
         """The planned evaluations, less those given up."""
         children = own_children(self.study)
-        tasks = planned_tasks(children, base_child(children), all_children_done(self.study, self.n), self.seed,
-                              self.trust)  # fmt: skip
+        ready, ranking = self.confirmation_order(children)
+        tasks = planned_tasks(children, base_child(children), ready, self.seed, self.trust, ranking)
         given_up = self.given_up()
         return [task for task in tasks if task not in given_up]
+
+    def confirmation_order(
+        self, children: Sequence[FrozenTrial], evaluations: list | None = None
+    ) -> tuple[bool, list[int] | None]:
+        """(whether the top children can be picked now, their order): once every child is done, and for a sampler
+        with a model (``rank_children``) once the base's repeats are in too, in the model's order (its noise then the
+        one the base's runs measured), so that every worker and rerun picks the same children; else None (by one
+        run each)."""
+        rank = getattr(self.study.sampler, "rank_children", None)
+        if not all_children_done(self.study, self.n) or rank is None:
+            return all_children_done(self.study, self.n), None
+        base, runs = self.measure_noise(children, evaluations)
+        given_up = {task.child for task in self.given_up()}
+        if base is not None and runs and len(runs) - 1 < self.trust.confirm_seeds and base.number not in given_up:
+            return False, None
+        return True, rank(self.study)
 
     def given_up(self) -> set[Task]:
         """Evaluations whose objective failed twice (a run that keeps failing, say out of memory at full length).
@@ -344,8 +380,8 @@ class Work:
         children = own_children(self.study)
         evaluations = finished_evaluations(self.evaluations) if evaluations is None else evaluations
         given_up = {task.child for task in self.given_up()}
-        return build_report(children, base_child(children), evaluations, all_children_done(self.study, self.n),
-                            self.trust, given_up)  # fmt: skip
+        ready, ranking = self.confirmation_order(children, evaluations)
+        return build_report(children, base_child(children), evaluations, ready, self.trust, given_up, ranking)
 
 
 def is_objective_failure(trial: FrozenTrial) -> bool:

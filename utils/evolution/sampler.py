@@ -147,7 +147,18 @@ class ScreenedGeneticSampler(GeneticSampler):
 
     def __init__(self, space: SearchSpace, seed: int = 0, parent_selection: str = "single") -> None:
         super().__init__(space, seed=seed, parent_selection=parent_selection)
-        self._fits: dict[tuple[bool | int | bytes, ...], GaussianProcess] = {}
+        self._fits: dict[tuple[bool | int | float | bytes, ...], GaussianProcess] = {}
+        self.measured_noise = 0.0  # the study's seed noise (a variance), once the base's repeats measured it
+
+    def rank_children(self, study: Study) -> list[int] | None:
+        """The completed children, best first by the model's mean (which pools each child's neighbours, so one
+        lucky run counts for less), or None before the model starts (``STARTUP_CHILDREN``)."""
+        data = self.observations(study)
+        if len(data.children) < STARTUP_CHILDREN:
+            return None
+        mean, _ = self.model(data, study).predict(data.inputs(self.trial_units(data.children)))
+        order = sorted(range(len(data.children)), key=lambda index: (-mean[index], data.children[index].number))
+        return [data.children[index].number for index in order if data.children[index].state == TrialState.COMPLETE]
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -257,13 +268,15 @@ class ScreenedGeneticSampler(GeneticSampler):
         """The GP on every observation, with hyperparameters fitted on the first m children by number (m on the
         schedule): for a multi-fidelity model, on the rows ``observations`` makes from those children alone, so the
         fit is a function of those finished children (a fresh sampler, a resume or another worker fits the same),
-        although the scaled readings of the full data move with every child."""
+        although the scaled readings of the full data move with every child. Its noise is at least
+        ``measured_noise``, the study's own estimate (the base's repeats), rather than only what the fit finds."""
         numbers = sorted({number for number, _ in data.rows})
         size = STARTUP_CHILDREN
         while size * REFIT_GROWTH <= len(numbers):
             size = int(math.ceil(size * REFIT_GROWTH))
         first = numbers[:size]
-        fit, x, key = data, data.x, (data.fidelity is not None, *first)
+        floor = self.measured_noise
+        fit, x, key = data, data.x, (data.fidelity is not None, floor, *first)
         if data.fidelity is not None and study is not None and key not in self._fits:
             fit = self.observations(study, set(first))
             if fit.fidelity is not None:
@@ -271,15 +284,15 @@ class ScreenedGeneticSampler(GeneticSampler):
             elif fit.rows:  # the first children have no readings to scale, later ones have
                 x = fit.inputs_at_final()
             else:  # nothing to learn from in the first children alone: the current data, refitted every time
-                fit, x, key = data, data.x, (data.x.tobytes(), data.y.tobytes())
+                fit, x, key = data, data.x, (floor, data.x.tobytes(), data.y.tobytes())
         if key not in self._fits:
             order = np.flatnonzero(np.isin([number for number, _ in fit.rows], first))
             # Never a subset chosen by fitness: the best children by a noisy score are the lucky ones, and a fit on
             # them alone sees mostly noise (the model went flat and the search worse after child 120).
             order = order[np.unique(np.linspace(0, len(order) - 1, FIT_MAX).round().astype(int))]
-            self._fits = {key: GaussianProcess.fit(x[order], fit.y[order])}
+            self._fits = {key: GaussianProcess.fit(x[order], fit.y[order], noise_floor=floor)}
         fitted = self._fits[key]
-        return GaussianProcess.condition(data.x, data.y, fitted.lengths, fitted.signal, fitted.noise)
+        return GaussianProcess.condition(data.x, data.y, fitted.lengths, fitted.signal, max(fitted.noise, floor))
 
     def from_unit_rows(self, positions: np.ndarray) -> np.ndarray:
         """The inverse of ``units`` for rows of points on the unit cube (a choice gene takes its largest column)."""

@@ -64,8 +64,11 @@ class GaussianProcess:
     alpha: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray) -> GaussianProcess:
-        """Fit the hyperparameters (MAP, L-BFGS-B from the prior's mode: deterministic) and condition on (x, y)."""
+    def fit(cls, x: np.ndarray, y: np.ndarray, noise_floor: float = 0.0) -> GaussianProcess:
+        """Fit the hyperparameters (MAP, L-BFGS-B from the prior's mode: deterministic) and condition on (x, y).
+
+        ``noise_floor`` (a variance in fitness units squared: a measured seed noise) is the least noise the fit may
+        find: with few noisy children it otherwise may explain the noise as signal."""
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
         y_mean, y_scale = standardise(y)
@@ -102,15 +105,17 @@ class GaussianProcess:
             grad_noise += (log_noise - math.log(0.1)) / 4
             return float(nll), np.concatenate([grad_lengths, [grad_signal, grad_noise]])
 
-        bounds = [LOG_LENGTH_BOUNDS] * dims + [LOG_SIGNAL_BOUNDS, LOG_NOISE_BOUNDS]
+        noise_bounds = noise_floor_bounds(noise_floor / y_scale**2)
+        bounds = [LOG_LENGTH_BOUNDS] * dims + [LOG_SIGNAL_BOUNDS, noise_bounds]
         best_nll, theta = math.inf, None
         for shift, log_noise in FIT_STARTS:
+            log_noise = min(max(log_noise, noise_bounds[0]), noise_bounds[1])
             start = np.concatenate([np.full(dims, prior_mean + shift), [0.0, log_noise]])
             result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
             if np.all(np.isfinite(result.x)) and result.fun < best_nll:
                 best_nll, theta = float(result.fun), result.x
         if theta is None:
-            theta = np.concatenate([np.full(dims, prior_mean), [0.0, math.log(0.1)]])
+            theta = np.concatenate([np.full(dims, prior_mean), [0.0, max(math.log(0.1), noise_bounds[0])]])
         signal, noise = math.exp(theta[dims]) * y_scale**2, math.exp(theta[dims + 1]) * y_scale**2
         return cls.condition(x, y, np.exp(theta[:dims]), signal, noise)
 
@@ -143,6 +148,15 @@ class GaussianProcess:
         v = solve_triangular(self.chol[0], cross.T, lower=True)
         variance = np.maximum(signal - (v**2).sum(0), 1e-12)
         return mean * self.y_scale + self.y_mean, np.sqrt(variance) * self.y_scale
+
+
+def noise_floor_bounds(floor: float) -> tuple[float, float]:
+    """The log-noise bounds of a fit (standardised units) with ``floor`` as the least noise variance, kept within
+    ``LOG_NOISE_BOUNDS``."""
+    low, high = LOG_NOISE_BOUNDS
+    if floor > 0:
+        low = min(max(low, math.log(floor)), high)
+    return low, high
 
 
 def upper_confidence_bound(mean: np.ndarray, sd: np.ndarray, beta: float) -> np.ndarray:

@@ -112,13 +112,15 @@ def build_report(
     all_done: bool,
     plan: TrustPlan,
     given_up: set[int] = frozenset(),
+    ranking: Sequence[int] | None = None,
 ) -> TrustReport:
     """Pool the noise, pick the confirmed winner by its fresh seeds (the base by all its runs), and test it against
     the base.
 
     The noise pools the base's runs and every other child's repeats, never a child's own run: that run was
     selected for being high, so its spread from the repeats would inflate the noise. Candidates whose repeats were
-    given up (``given_up``, child numbers) are left out of the confirmation."""
+    given up (``given_up``, child numbers) are left out of the confirmation. The candidates are the first of
+    ``ranking`` (child numbers, best first), else the best by their one run."""
     complete = [child for child in children if child.state == TrialState.COMPLETE and child.value is not None]
     runs = {child.number: [float(child.value)] for child in complete}
     fresh: dict[int, list[float]] = {}
@@ -132,6 +134,8 @@ def build_report(
     base_number = base.number if base is not None and base.number in runs else None
     noise = pooled_noise([runs[number] if number == base_number else fresh[number] for number in fresh])
     ranked = sorted(runs, key=lambda number: (-runs[number][0], number))
+    if ranking is not None:  # the sampler model's mean, best first (planned_tasks confirmed the same children)
+        ranked = [number for number in ranking if number in runs]
     candidates = [number for number in ranked[: plan.confirm] if number not in given_up] if all_done else []
     if base_number is not None and candidates and base_number not in candidates:
         candidates = [*candidates, base_number]
