@@ -40,6 +40,14 @@ def start_worker(run_dir: Path, n: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def wait_until_started(worker: subprocess.Popen, started: Path) -> None:
+    """Until the worker's hanging run has started (it touches ``started``); fails if the worker ends first."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not started.exists():
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+        time.sleep(0.2)
+
+
 def finish(workers: list[subprocess.Popen]) -> list[str]:
     outputs = [worker.communicate(timeout=TIMEOUT_S)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
@@ -96,10 +104,7 @@ def test_four_workers_share_one_journal_study(tmp_path):
 def test_sigkilled_worker_loses_nothing_and_resume_completes(tmp_path):
     run_dir, started = tmp_path / "evo", tmp_path / "started"
     worker = start_worker(run_dir, 6, "--hang-child", "3", "--started-file", str(started))
-    deadline = time.monotonic() + TIMEOUT_S
-    while not started.exists():
-        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
-        time.sleep(0.2)
+    wait_until_started(worker, started)
     rows_before = read_csv(run_dir)[0]
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -116,10 +121,7 @@ def test_sigkilled_worker_loses_nothing_and_resume_completes(tmp_path):
 def test_a_base_killed_while_it_trains_is_trained_again_and_the_study_gets_its_verdict(tmp_path):
     run_dir, started = tmp_path / "evo", tmp_path / "started"
     worker = start_worker(run_dir, 4, *TRUST, "--hang-child", "0", "--started-file", str(started))
-    deadline = time.monotonic() + TIMEOUT_S
-    while not started.exists():
-        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
-        time.sleep(0.2)
+    wait_until_started(worker, started)
     worker.send_signal(signal.SIGKILL)  # the first minute of a run: the base is training
     worker.wait()
     output = finish([start_worker(run_dir, 4, *TRUST)])[0]
@@ -269,10 +271,7 @@ def test_three_workers_share_the_confirmation_and_fidelity_runs(tmp_path):
 def test_a_sigkilled_confirmation_is_redone_once_on_resume(tmp_path):
     run_dir, started = tmp_path / "evo", tmp_path / "started"
     worker = start_worker(run_dir, 4, *TRUST, "--hang-evaluation", "0", "--started-file", str(started))
-    deadline = time.monotonic() + TIMEOUT_S
-    while not started.exists():
-        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
-        time.sleep(0.2)
+    wait_until_started(worker, started)
     worker.send_signal(signal.SIGKILL)  # inside the base's first repeat
     worker.wait()
     assert evaluation_tasks(run_dir) == []
